@@ -1,0 +1,159 @@
+"""The whole RegAD protocol for a dataset: support sets, leave-one-out training, evaluation.
+
+Used by ``fsad run``, the benchmarks and the notebooks, so that all of them do the same
+thing. For each target category, a model is trained on every OTHER category and then
+scored with every support set of the target; the same pipeline with the registration
+network left untrained (pretrained features + 22 views + Gaussian) is the reference
+the paper's claim is measured against.
+
+Example:
+    >>> config = ExperimentConfig.from_yaml("configs/default.yaml")
+    >>> results = run_experiment(config, Path("runs/default"))  # one row per (variant, category, K, set)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from fsad.checkpoint import build_model, load_model
+from fsad.config import RegADConfig
+from fsad.data.elpv import build_elpv_dataset
+from fsad.data.mvtec import Category, list_categories, load_category
+from fsad.data.support_sets import load_support_sets, make_support_sets, save_support_sets
+from fsad.data.toy import make_toy_dataset
+from fsad.evaluation import TestSet, evaluate_category
+from fsad.paths import DATA_DIR, FSAD_MINI_DIR, ROOT
+from fsad.seed import seed_everything
+from fsad.training import MODEL_NAME, train_regad
+
+log = logging.getLogger(__name__)
+
+# Datasets known by name; anything else is a path to an MVTec-layout folder.
+EMBEDDED = {"elpv": build_elpv_dataset, "toy": make_toy_dataset}
+
+
+def resolve_dataset(name: str) -> Path:
+    """Dataset name or path -> its root folder, building an embedded dataset on first use.
+
+    ``elpv`` and ``toy`` are built under ``data/embedded/``; ``fsad-mini`` is the shared
+    benchmark beside the repository; anything else is a path (relative to the project root).
+    """
+    if name in EMBEDDED:
+        root = DATA_DIR / "embedded" / name
+        if not root.is_dir():
+            EMBEDDED[name](root)
+        return root
+    if name == "fsad-mini":
+        if not FSAD_MINI_DIR.is_dir():
+            raise FileNotFoundError(f"fsad-mini not found at {FSAD_MINI_DIR}; it ships in ../shared/datasets beside the repository, or use dataset: elpv")
+        return FSAD_MINI_DIR
+    root = Path(name)
+    root = root if root.is_absolute() else ROOT / root
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset folder {root} does not exist; give an MVTec-layout folder, 'elpv', 'toy' or 'fsad-mini'")
+    return root
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One benchmark: which data, which K, how many support sets, which RegAD settings.
+
+    Attributes:
+        dataset: ``elpv`` (embedded default), ``toy``, ``fsad-mini`` or a folder path.
+        categories: Target categories (``None``: all); training always uses all the others.
+        shots: The K values evaluated.
+        n_sets: Support sets per (category, K) (the paper: 10).
+        support_seed: Seed of the support-set draw.
+        metrics: Metrics computed per support set.
+        untrained_baseline: Also score the untrained network (registration off).
+        regad: RegAD settings.
+    """
+
+    dataset: str = "elpv"
+    categories: tuple[str, ...] | None = None
+    shots: tuple[int, ...] = (2, 4, 8)
+    n_sets: int = 10
+    support_seed: int = 0
+    metrics: tuple[str, ...] = ("image_auroc", "pixel_auroc")
+    untrained_baseline: bool = True
+    regad: RegADConfig = field(default_factory=RegADConfig)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> ExperimentConfig:
+        values = dict(values)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown experiment setting(s) {unknown}; known: {sorted(known)}")
+        values["regad"] = RegADConfig.from_dict(values.get("regad", {}), source=f"{source}: regad")
+        for key in ("categories", "shots", "metrics"):
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> ExperimentConfig:
+        return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {}, source=str(path))
+
+
+def support_sets_for(category: Category, config: ExperimentConfig, folder: Path) -> dict[int, list[list[str]]]:
+    """The category's support sets: loaded from ``folder`` when made before, else made and saved."""
+    path = folder / f"{category.name}.json"
+    if path.is_file():
+        sets = load_support_sets(path, category)
+        if all(k in sets and len(sets[k]) >= config.n_sets for k in config.shots):
+            return {k: sets[k][: config.n_sets] for k in config.shots}
+    sets = make_support_sets(category, config.shots, config.n_sets, config.support_seed)
+    save_support_sets(path, category, sets, config.support_seed)
+    return sets
+
+
+def run_experiment(config: ExperimentConfig, out_dir: Path, progress: bool = True) -> pd.DataFrame:
+    """Train (leave one out) and evaluate every target category; write ``results.csv``.
+
+    Returns:
+        One row per (variant, category, K, support set) with the metrics.
+    """
+    out_dir = Path(out_dir)
+    root = resolve_dataset(config.dataset)
+    names = list_categories(root)
+    targets = list(config.categories or names)
+    rows, timings = [], []
+    for target in targets:
+        category = load_category(root, target)
+        sets = support_sets_for(category, config, out_dir / "support_sets")
+        train_categories = [load_category(root, c) for c in names if c != target]
+        if not train_categories:
+            raise ValueError(f"{root} has only {target!r}: leave-one-out training needs at least two categories")
+        tic = time.perf_counter()
+        train_regad(train_categories, config.regad, out_dir / "models" / target, progress=progress)
+        model, _ = load_model(out_dir / "models" / target / MODEL_NAME, expected=config.regad)
+        train_seconds = time.perf_counter() - tic
+        test = TestSet.load(category, config.regad.image_size)
+        variants = [("regad", model)]
+        if config.untrained_baseline:
+            seed_everything(config.regad.seed)
+            variants.append(("untrained", build_model(config.regad).eval()))
+        for variant, net in variants:
+            tic = time.perf_counter()
+            for row in evaluate_category(net, config.regad, category, sets, config.metrics, test, progress):
+                rows.append({"variant": variant, **row})
+            timings.append({"category": target, "variant": variant, "train_seconds": train_seconds if variant == "regad" else 0.0,
+                            "eval_seconds": time.perf_counter() - tic})
+        log.info("%s done", target)
+    results = pd.DataFrame(rows)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results.to_csv(out_dir / "results.csv", index=False)
+    pd.DataFrame(timings).to_csv(out_dir / "timings.csv", index=False)
+    return results
+
+
+__all__ = ["ExperimentConfig", "resolve_dataset", "run_experiment", "support_sets_for"]

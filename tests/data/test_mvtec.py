@@ -1,0 +1,221 @@
+"""The MVTec-layout reader: listing, validation, image and mask decoding, the dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fsad.data.mvtec import (
+    ImageDataset,
+    list_categories,
+    load_category,
+    read_image,
+    read_mask,
+)
+
+FSAD_MINI_COUNTS = {  # category: (train/good, test/good, test defective, has masks), its README
+    "bottle": (209, 20, 63, False),
+    "magnetic_tile": (300, 100, 387, True),
+    "metal_plate": (50, 30, 71, True),
+    "pcb": (300, 100, 200, True),
+}
+
+
+def _save(path: Path, image: Image.Image) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
+
+
+def _grey(value: int, size: tuple[int, int] = (8, 6)) -> Image.Image:
+    return Image.new("L", size, value)
+
+
+def _tiny_category(root: Path, with_masks: bool = True) -> Path:
+    """root/widget: 2 train, 1 test/good, 2 test/scratch (8x6 images) with masks if asked."""
+    category = root / "widget"
+    for name in ("a.png", "b.PNG"):
+        _save(category / "train" / "good" / name, _grey(100))
+    _save(category / "test" / "good" / "c.png", _grey(100))
+    for name in ("d.png", "e.jpg"):
+        _save(category / "test" / "scratch" / name, Image.new("RGB", (8, 6), (250, 0, 0)))
+        if with_masks:
+            _save(category / "ground_truth" / "scratch" / f"{Path(name).stem}_mask.png", _grey(255))
+    return category
+
+
+def test_fsad_mini_categories_and_counts(fsad_mini_root):
+    assert list_categories(fsad_mini_root) == sorted(FSAD_MINI_COUNTS)
+    for name, (n_train, n_good, n_defective, has_masks) in FSAD_MINI_COUNTS.items():
+        category = load_category(fsad_mini_root, name)
+        labels = [s.label for s in category.test]
+        assert (len(category.train), labels.count(0), labels.count(1)) == (n_train, n_good, n_defective)
+        assert category.has_masks is has_masks
+        anomalous = [s for s in category.test if s.label == 1]
+        assert all((s.mask_path is not None) is has_masks for s in anomalous)
+        assert all(s.mask_path is None for s in category.test if s.label == 0)
+        assert category.path == fsad_mini_root.resolve() / name
+        assert all(s.path.is_absolute() and s.path.is_file() for s in category.train)
+
+
+def test_fsad_mini_bottle_defects_and_order(fsad_mini_root):
+    bottle = load_category(fsad_mini_root, "bottle")
+    defects = [s.defect for s in bottle.test]
+    assert sorted(set(defects)) == ["broken_large", "broken_small", "contamination", "good"]
+    assert [(s.defect, s.path) for s in bottle.test] == sorted((s.defect, s.path) for s in bottle.test)
+    assert list(bottle.train) == sorted(bottle.train, key=lambda s: s.path)
+
+
+def test_fsad_mini_non_square_grey_image_and_its_mask(fsad_mini_root):
+    tile = load_category(fsad_mini_root, "magnetic_tile")
+    sample = next(s for s in tile.test if s.label == 1)
+    item = ImageDataset([sample], (40, 56))[0]
+    assert item["image"].shape == (3, 40, 56)
+    # A grey source gives three equal channels.
+    assert torch.equal(item["image"][0], item["image"][2])
+    assert item["mask"].shape == (1, 40, 56) and item["mask"].sum() > 0
+    assert item["has_mask"] is True
+
+
+def test_toy_category_read(toy_root):
+    disc = load_category(toy_root, "disc")
+    assert len(disc.train) == 12
+    assert [s.defect for s in disc.test] == ["colour"] * 2 + ["good"] * 4 + ["texture"] * 2
+    assert [s.label for s in disc.test] == [1, 1, 0, 0, 0, 0, 1, 1]
+    first_defect = disc.test[0]
+    assert first_defect.mask_path == disc.path / "ground_truth" / "colour" / "000_mask.png"
+
+
+def test_grey_rgba_palette_and_16_bit_images_are_converted(tmp_path):
+    grey = read_image(_save(tmp_path / "grey.png", _grey(51)), 4)
+    assert grey.shape == (3, 4, 4) and grey.dtype == torch.float32
+    assert torch.allclose(grey, torch.full((3, 4, 4), 51 / 255))
+
+    rgba = read_image(_save(tmp_path / "rgba.png", Image.new("RGBA", (4, 4), (255, 0, 102, 0))), 4)
+    # Fully transparent, yet the colour is kept: alpha is dropped, not composited.
+    assert torch.allclose(rgba[:, 0, 0], torch.tensor([1.0, 0.0, 0.4]))
+
+    palette = Image.new("P", (4, 4), 1)
+    palette.putpalette([0, 0, 0, 0, 255, 0] + [0] * 762)
+    assert torch.allclose(read_image(_save(tmp_path / "p.png", palette), 4)[:, 2, 2],
+                          torch.tensor([0.0, 1.0, 0.0]))
+
+    sixteen = np.array([[0, 65535], [32768, 13107]], dtype=np.uint16)
+    path = _save(tmp_path / "deep.png", Image.fromarray(sixteen))
+    assert Image.open(path).mode == "I;16"
+    deep = read_image(path, 2)
+    assert torch.allclose(deep[1], torch.tensor([[0.0, 1.0], [32768 / 65535, 0.2]]), atol=1e-6)
+
+
+def test_resize_takes_height_then_width_and_does_not_crop(tmp_path):
+    pixels = np.zeros((10, 20, 3), dtype=np.uint8)
+    pixels[:, 10:] = 255  # right half white
+    image = read_image(_save(tmp_path / "half.bmp", Image.fromarray(pixels)), (5, 4))
+    assert image.shape == (3, 5, 4)
+    assert torch.allclose(image[0, :, 0], torch.zeros(5)) and torch.allclose(image[0, :, 3], torch.ones(5))
+    # A crop would change the black/white balance; the whole image keeps it at one half.
+    assert image.mean().item() == pytest.approx(0.5, abs=1e-6)
+
+
+def test_mask_threshold_and_nearest_resize(tmp_path):
+    values = np.array([[0, 127], [128, 255]], dtype=np.uint8)
+    mask = read_mask(_save(tmp_path / "m.png", Image.fromarray(values)), 4)
+    assert mask.shape == (1, 4, 4)
+    expected = torch.tensor([[0.0, 0, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1]])
+    assert torch.equal(mask[0], expected)
+
+
+def test_mask_of_other_size_than_its_image_is_refused(tmp_path):
+    image = _save(tmp_path / "img.png", _grey(0, (8, 6)))
+    mask = _save(tmp_path / "img_mask.png", _grey(255, (8, 8)))
+    with pytest.raises(ValueError, match=r"img_mask\.png is 8x8.*img\.png is 8x6"):
+        read_mask(mask, 4, image_path=image)
+    assert read_mask(mask, 4).sum() == 16  # without its image, no check
+
+
+def test_unreadable_image_names_the_file(tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="broken.png"):
+        read_image(broken, 8)
+    with pytest.raises(FileNotFoundError, match="absent.png"):
+        read_image(tmp_path / "absent.png", 8)
+
+
+def test_suffixes_any_case_and_other_files_ignored(tmp_path):
+    category = _tiny_category(tmp_path)
+    _save(category / "train" / "good" / "c.TIFF", _grey(100))
+    (category / "train" / "good" / "notes.txt").write_text("not an image")
+    loaded = load_category(tmp_path, "widget")
+    assert [s.path.name for s in loaded.train] == ["a.png", "b.PNG", "c.TIFF"]
+    assert [s.path.name for s in loaded.test] == ["c.png", "d.png", "e.jpg"]
+
+
+def test_missing_mask_names_image_and_expected_mask(tmp_path):
+    category = _tiny_category(tmp_path)
+    (category / "ground_truth" / "scratch" / "e_mask.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"e\.jpg.*ground_truth/scratch/e_mask\.png"):
+        load_category(tmp_path, "widget")
+
+
+def test_category_without_ground_truth_is_image_level(tmp_path):
+    _tiny_category(tmp_path, with_masks=False)
+    loaded = load_category(tmp_path, "widget")
+    assert loaded.has_masks is False
+    assert all(s.mask_path is None for s in loaded.test)
+
+
+def test_broken_layouts_name_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        list_categories(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no category under .*empty"):
+        list_categories(tmp_path / "empty")
+
+    category = _tiny_category(tmp_path)
+    with pytest.raises(FileNotFoundError, match="gadget.*available: widget"):
+        load_category(tmp_path, "gadget")
+    (category / "test" / "good" / "c.png").rename(category / "c.png")
+    for image in (category / "test" / "scratch").iterdir():
+        image.unlink()
+    with pytest.raises(ValueError, match="widget/test holds no image"):
+        load_category(tmp_path, "widget")
+    for image in (category / "test").iterdir():
+        image.rmdir()
+    (category / "test").rmdir()
+    with pytest.raises(FileNotFoundError, match="widget has no test folder"):
+        load_category(tmp_path, "widget")
+    for image in (category / "train" / "good").iterdir():
+        image.unlink()
+    with pytest.raises(ValueError, match="train/good holds no image"):
+        load_category(tmp_path, "widget")
+
+
+def test_dataset_items(toy_root):
+    disc = load_category(toy_root, "disc")
+    dataset = ImageDataset(disc.test, 32)
+    assert len(dataset) == 8
+    anomalous, normal = dataset[0], dataset[2]
+    assert anomalous["image"].shape == (3, 32, 32)
+    assert 0.0 <= anomalous["image"].min() and anomalous["image"].max() <= 1.0
+    assert anomalous["label"].item() == 1 and normal["label"].item() == 0
+    assert anomalous["index"] == 0 and normal["index"] == 2
+    # The toy masks are squares of 8 to 12 px at 64 px, i.e. 4 to 6 px at 32 px.
+    assert 16 <= anomalous["mask"].sum() <= 36
+    assert set(anomalous["mask"].unique().tolist()) == {0.0, 1.0}
+    assert normal["mask"].sum() == 0 and normal["mask"].shape == (1, 32, 32)
+    assert anomalous["has_mask"] and normal["has_mask"]
+
+
+def test_dataset_without_masks(tmp_path):
+    _tiny_category(tmp_path, with_masks=False)
+    test = load_category(tmp_path, "widget").test
+    items = [ImageDataset(test, 4)[i] for i in range(len(test))]
+    assert [item["has_mask"] for item in items] == [True, False, False]  # normal, 2 anomalous
+    assert all(item["mask"].sum() == 0 for item in items)
+    batch = next(iter(torch.utils.data.DataLoader(ImageDataset(test, 4), batch_size=3)))
+    assert batch["image"].shape == (3, 3, 4, 4) and batch["label"].tolist() == [0, 1, 1]
