@@ -13,17 +13,13 @@ Example:
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from scipy.spatial.distance import mahalanobis as scipy_mahalanobis
 from threadpoolctl import threadpool_limits
 
-# Run as a plain script, Python puts benchmarks/ on the path, not the repo root.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fsad.gaussian import fit_gaussian, mahalanobis
 
 EPS = 0.01  # the official code's ridge

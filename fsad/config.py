@@ -84,6 +84,17 @@ class RegADConfig:
         return dataclasses.replace(self, **changes)
 
 
+# Settings read only at test time (and where to run): changing them needs no retraining.
+TEST_TIME_KEYS = ("eps", "blur_sigma", "augment_support", "device")
+
+
+def training_settings(config: RegADConfig | dict[str, Any]) -> dict[str, Any]:
+    """The settings that determine a trained model (everything but ``TEST_TIME_KEYS``)."""
+    values = config.to_dict() if isinstance(config, RegADConfig) else dict(config)
+    values["train_shots"] = list(values.get("train_shots", ()))
+    return {k: v for k, v in values.items() if k not in TEST_TIME_KEYS}
+
+
 def resolve_device(name: str) -> str:
     """``"auto"`` -> ``"cuda"`` when a GPU is visible, else ``"cpu"``."""
     import torch

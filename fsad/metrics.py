@@ -29,7 +29,9 @@ def _binary_labels(labels, scores) -> tuple[np.ndarray, np.ndarray]:
     labels = np.asarray(labels).ravel()
     scores = np.asarray(scores, dtype=np.float64).ravel()
     if labels.shape != scores.shape:
-        raise ValueError(f"labels and scores must have equal size, got {labels.size} and {scores.size}")
+        raise ValueError(
+            f"labels and scores must have equal size, got {labels.size} and {scores.size}"
+        )
     labels = labels > 0.5
     if labels.all() or not labels.any():
         raise ValueError(
@@ -131,7 +133,9 @@ def aupro(masks, maps, max_fpr: float = 0.3, num_thresholds: int = 200) -> float
         raise ValueError(f"num_thresholds must be >= 2, got {num_thresholds}")
     masks, maps = _pixel_pairs(masks, maps)
     if masks.all():
-        raise ValueError("AUPRO needs normal pixels for its FPR, got masks that are anomalous everywhere")
+        raise ValueError(
+            "AUPRO needs normal pixels for its FPR, got masks that are anomalous everywhere"
+        )
 
     thresholds = np.linspace(maps.min(), maps.max(), num_thresholds)
     # A pixel scoring s passes thresholds[k] for every k < passes, passes in [1, T].

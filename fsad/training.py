@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fsad.checkpoint import build_model, load_checkpoint, save_atomic
-from fsad.config import RegADConfig, resolve_device
+from fsad.config import RegADConfig, resolve_device, training_settings
 from fsad.data.loading import as_float, load_images
 from fsad.data.mvtec import Category
 from fsad.models.regad import RegAD
@@ -117,8 +117,17 @@ def train_regad(
     history: list[dict] = []
     start_epoch = 0
     checkpoint_path = out_dir / CHECKPOINT_NAME
-    if resume and checkpoint_path.is_file():
-        state = load_checkpoint(checkpoint_path, expected=config)
+    names = [c.name for c in categories]
+    state = load_checkpoint(checkpoint_path, expected=config) if resume and checkpoint_path.is_file() else None
+    if state is not None:
+        saved, wanted = training_settings(state["config"]), training_settings(config)
+        changed = sorted(k for k in wanted if saved.get(k) != wanted[k])
+        if state["train_categories"] != names:
+            changed.append("training categories")
+        if changed:
+            log.warning("%s was made with other training settings (%s): training from scratch", checkpoint_path, ", ".join(changed))
+            state = None
+    if state is not None:
         model.load_state_dict(state["model"])
         for opt, s in zip(optimizers, state["optimizers"]):
             opt.load_state_dict(s)
@@ -133,8 +142,8 @@ def train_regad(
                 if torch.is_tensor(value):
                     s[key] = value.to(device)
 
-    images = [load_images(c.train, config.image_size, desc=f"load {c.name}") for c in categories]
-    names = [c.name for c in categories]
+    # Nothing left to train (a finished run resumed): skip decoding the training images.
+    images = [load_images(c.train, config.image_size, desc=f"load {c.name}") for c in categories] if start_epoch < config.epochs else []
     for epoch in range(start_epoch, config.epochs):
         model.train()
         batches = epoch_batches([len(x) for x in images], config, epoch)

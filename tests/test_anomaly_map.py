@@ -15,7 +15,9 @@ def test_output_shape():
 
 def test_sigma_zero_is_plain_bilinear():
     distances = torch.rand(2, 4, 4, generator=torch.Generator().manual_seed(0))
-    expected = F.interpolate(distances[:, None], size=(16, 12), mode="bilinear", align_corners=False)[:, 0]
+    expected = F.interpolate(
+        distances[:, None], size=(16, 12), mode="bilinear", align_corners=False
+    )[:, 0]
     torch.testing.assert_close(anomaly_map(distances, (16, 12), sigma=0), expected, rtol=0, atol=0)
 
 
@@ -45,7 +47,9 @@ def test_blur_matches_scipy_including_borders(sigma):
 
 def test_upsample_then_blur_matches_scipy_pipeline():
     distances = torch.rand(1, 7, 7, generator=torch.Generator().manual_seed(1))
-    upsampled = F.interpolate(distances[:, None], size=(56, 56), mode="bilinear", align_corners=False)[0, 0]
+    upsampled = F.interpolate(
+        distances[:, None], size=(56, 56), mode="bilinear", align_corners=False
+    )[0, 0]
     expected = gaussian_filter(upsampled.numpy(), sigma=4)
     np.testing.assert_allclose(anomaly_map(distances, (56, 56))[0].numpy(), expected, atol=1e-5)
 

@@ -8,12 +8,13 @@ from scipy.spatial.distance import mahalanobis as scipy_mahalanobis
 from fsad.gaussian import Gaussian, fit_gaussian, mahalanobis
 
 
-@pytest.fixture
-def support() -> torch.Tensor:
+# N = 9 > C = 6 takes the full-rank path, N = 4 < C the low-rank (Woodbury) one.
+@pytest.fixture(params=[9, 4], ids=["full_rank", "low_rank"])
+def support(request) -> torch.Tensor:
     generator = torch.Generator().manual_seed(0)
     # Correlated channels so the covariance is far from diagonal.
     mixing = torch.randn(6, 6, generator=generator)
-    base = torch.randn(9, 6, 3, 4, generator=generator, dtype=torch.float64)
+    base = torch.randn(request.param, 6, 3, 4, generator=generator, dtype=torch.float64)
     return torch.einsum("dc,nchw->ndhw", mixing.double(), base) + 2.0  # N x C x H x W
 
 
@@ -21,27 +22,31 @@ def test_fit_matches_numpy_cov_per_position(support):
     eps = 0.05
     gaussian = fit_gaussian(support, eps=eps)
     n, c, h, w = support.shape
+    assert gaussian.low_rank == (n < c)
     assert gaussian.size == (h, w)
     assert gaussian.mean.dtype == torch.float64
     flat = support.numpy().reshape(n, c, h * w)
     for p in range(h * w):
         cov = np.cov(flat[:, :, p], rowvar=False) + eps * np.eye(c)
         np.testing.assert_allclose(gaussian.mean[p].numpy(), flat[:, :, p].mean(0), atol=1e-12)
-        np.testing.assert_allclose(gaussian.precision[p].numpy(), np.linalg.inv(cov), rtol=1e-9, atol=1e-9)
+        precision = gaussian.precision[p].numpy()
+        np.testing.assert_allclose(precision, np.linalg.inv(cov), rtol=1e-9, atol=1e-9)
         # precision @ covariance must be the identity.
-        np.testing.assert_allclose(gaussian.precision[p].numpy() @ cov, np.eye(c), atol=1e-9)
+        np.testing.assert_allclose(precision @ cov, np.eye(c), atol=1e-9)
 
 
 def test_float32_input_stores_float32(support):
     gaussian = fit_gaussian(support.float())
     assert gaussian.mean.dtype == gaussian.precision.dtype == torch.float32
     reference = fit_gaussian(support)
-    torch.testing.assert_close(gaussian.precision, reference.precision.float(), rtol=1e-4, atol=1e-4)
+    expected = reference.precision.float()
+    torch.testing.assert_close(gaussian.precision, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_mahalanobis_matches_scipy_loop(support):
     gaussian = fit_gaussian(support)
-    test = torch.randn(5, *support.shape[1:], generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    generator = torch.Generator().manual_seed(1)
+    test = torch.randn(5, *support.shape[1:], generator=generator, dtype=torch.float64)
     got = mahalanobis(test, gaussian)
     b, c, h, w = test.shape
     assert got.shape == (b, h, w)
@@ -49,7 +54,9 @@ def test_mahalanobis_matches_scipy_loop(support):
     expected = np.empty((b, h * w))
     for p in range(h * w):
         for i in range(b):
-            expected[i, p] = scipy_mahalanobis(flat[i, :, p], gaussian.mean[p].numpy(), gaussian.precision[p].numpy())
+            expected[i, p] = scipy_mahalanobis(
+                flat[i, :, p], gaussian.mean[p].numpy(), gaussian.precision[p].numpy()
+            )
     np.testing.assert_allclose(got.numpy(), expected.reshape(b, h, w), rtol=1e-10)
 
 
@@ -61,14 +68,18 @@ def test_chunking_gives_identical_results(support):
         torch.testing.assert_close(part.mean, whole.mean, rtol=0, atol=0)
         torch.testing.assert_close(part.precision, whole.precision, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(
-            mahalanobis(test, whole, chunk_size=chunk), mahalanobis(test, whole), rtol=1e-12, atol=1e-12
+            mahalanobis(test, whole, chunk_size=chunk),
+            mahalanobis(test, whole),
+            rtol=1e-12,
+            atol=1e-12,
         )
 
 
 def test_support_mean_has_zero_distance(support):
     gaussian = fit_gaussian(support)
     mean_map = support.mean(0, keepdim=True)  # 1 x C x H x W
-    torch.testing.assert_close(mahalanobis(mean_map, gaussian), torch.zeros(1, 3, 4, dtype=torch.float64))
+    zeros = torch.zeros(1, 3, 4, dtype=torch.float64)
+    torch.testing.assert_close(mahalanobis(mean_map, gaussian), zeros)
 
 
 def test_shape_errors(support):
@@ -92,8 +103,27 @@ def test_singular_covariance_without_eps_is_reported():
 
 
 def test_float32_scoring_matches_float64(support):
-    gaussian = fit_gaussian(support)
-    low = Gaussian(gaussian.mean.float(), gaussian.precision.float(), gaussian.size)
-    got = mahalanobis(support[:2].float(), low)
+    # float32 features give a float32 Gaussian and float32 scoring; the low-rank form
+    # subtracts two large terms, so check it away from the support samples too.
+    generator = torch.Generator().manual_seed(2)
+    test = torch.cat([support[:2], support[:3] + torch.randn(3, *support.shape[1:], generator=generator, dtype=torch.float64)])
+    got = mahalanobis(test.float(), fit_gaussian(support.float()))
     assert got.dtype == torch.float32 and got.device == support.device
-    torch.testing.assert_close(got, mahalanobis(support[:2], gaussian).float(), rtol=1e-4, atol=1e-4)
+    expected = mahalanobis(test, fit_gaussian(support)).float()
+    torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-3)
+
+
+def test_low_rank_form_equals_full_form():
+    generator = torch.Generator().manual_seed(3)
+    support = torch.randn(5, 12, 2, 2, generator=generator, dtype=torch.float64)  # N < C
+    test = torch.randn(4, 12, 2, 2, generator=generator, dtype=torch.float64)
+    low = fit_gaussian(support, eps=0.01)
+    # The same covariance in full-rank form: the samples three times over (N >= C),
+    # spread about their mean by sqrt(scale) so that sum/(3N - 1) equals sum/(N - 1).
+    n = support.shape[0]
+    scale = (3 * n - 1) / (3 * (n - 1))
+    mean = support.mean(0)
+    full = fit_gaussian(torch.cat([support] * 3) * scale**0.5 + (1 - scale**0.5) * mean, eps=0.01)
+    assert low.low_rank and not full.low_rank
+    torch.testing.assert_close(full.precision, low.precision, rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(mahalanobis(test, full), mahalanobis(test, low), rtol=1e-8, atol=1e-8)

@@ -87,7 +87,8 @@ def test_aupro_never_exceeds_one_on_random_maps():
     masks = _blobs(rng)
     for _ in range(20):
         maps = rng.random(masks.shape) + masks * rng.random()
-        value = aupro(masks, maps, max_fpr=rng.uniform(0.05, 1.0), num_thresholds=int(rng.integers(2, 300)))
+        max_fpr, thresholds = rng.uniform(0.05, 1.0), int(rng.integers(2, 300))
+        value = aupro(masks, maps, max_fpr=max_fpr, num_thresholds=thresholds)
         assert 0.0 <= value <= 1.0 + 1e-12
 
 
