@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test test-slow run repro lint-notebooks
+.PHONY: install test test-slow run repro strip-notebooks
 
 install:  ## virtualenv + pinned requirements + fsad (editable) + offline weights + Jupyter kernel
 	$(PYTHON) -m venv $(VENV)
@@ -22,3 +22,9 @@ test-slow:  ## long tests (minutes; GPU when available)
 
 run:  ## train and evaluate RegAD on the embedded default data
 	$(BIN)/fsad run --config configs/default.yaml
+
+repro:  ## rebuild every result with DVC: the notebooks run as stages (docs/pipeline.md)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+
+strip-notebooks:  ## remove outputs and execution metadata before committing notebooks
+	$(BIN)/nbstripout --extra-keys "metadata.language_info cell.metadata.execution" notebooks/*.ipynb

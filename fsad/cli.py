@@ -104,6 +104,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out")
     p.set_defaults(func=cmd_run)
 
+    from fsad.notebook_runner import add_parser as add_notebook_parser
+
+    add_notebook_parser(sub)
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     try:

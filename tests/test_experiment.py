@@ -79,6 +79,11 @@ def test_paper_config_has_the_reference_settings():
     assert config.shots == (2, 4, 8) and config.n_sets == 10
 
 
-def test_default_config_loads():
+def test_default_config_matches_the_pipeline_params():
+    # `make run` (configs/default.yaml) and `dvc repro` (params.yaml) must run the same RegAD.
     config = ExperimentConfig.from_yaml(ROOT / "configs" / "default.yaml")
-    assert config.dataset == "elpv" and config.regad.backbone == "mobilenet_v2"
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert config.dataset == params["data"]["dataset"] == "elpv"
+    assert list(config.shots) == params["support"]["shots"] and config.n_sets == params["support"]["n_sets"]
+    pipeline = RegADConfig.from_dict({**params["train"], **{k: params["evaluate"][k] for k in ("eps", "blur_sigma", "augment_support")}})
+    assert config.regad == pipeline

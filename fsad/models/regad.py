@@ -20,7 +20,7 @@ from torch import nn
 
 from fsad.models.backbones import FeatureExtractor
 from fsad.models.siamese import Encoder, Predictor, symmetric_loss
-from fsad.models.stn import SpatialTransformer, compose_theta, invert_theta, warp
+from fsad.models.stn import NO_STN, SpatialTransformer, compose_theta, invert_theta, warp
 
 
 class RegAD(nn.Module):
@@ -29,7 +29,8 @@ class RegAD(nn.Module):
     Args:
         backbone: A three-stage ``FeatureExtractor`` (strides 4, 8, 16).
         image_size: (H, W) of the input images; fixes the STNs' layer widths.
-        stn_mode: Transform family of every STN (``fsad.models.stn.STN_MODES``).
+        stn_mode: Transform family of every STN (``fsad.models.stn.STN_MODES``), or
+            ``"none"`` for no STN at all (the ablation "backbone + Siamese only").
     """
 
     def __init__(self, backbone: FeatureExtractor, image_size: tuple[int, int], stn_mode: str = "rotation_scale"):
@@ -39,7 +40,7 @@ class RegAD(nn.Module):
         self.stn_mode = stn_mode
         sizes = [(-(-image_size[0] // s), -(-image_size[1] // s)) for s in backbone.strides]
         self.stns = nn.ModuleList(
-            SpatialTransformer(c, size, stn_mode) for c, size in zip(backbone.channels, sizes)
+            [] if stn_mode == NO_STN else (SpatialTransformer(c, size, stn_mode) for c, size in zip(backbone.channels, sizes))
         )
         self.encoder = Encoder(backbone.channels[-1])
         self.predictor = Predictor(backbone.channels[-1])
@@ -53,12 +54,15 @@ class RegAD(nn.Module):
         """Run stage -> STN three times; each warped map feeds the next stage.
 
         Returns:
-            The three warped maps (B x C_i x H_i x W_i) and their B x 2 x 3 transforms.
+            The three warped maps (B x C_i x H_i x W_i) and their B x 2 x 3 transforms
+            (identities when the model has no STN).
         """
         x = self.backbone.normalize(images)  # B x 3 x H x W
+        identity = torch.eye(2, 3, dtype=x.dtype, device=x.device).expand(x.shape[0], 2, 3)  # B x 2 x 3
         maps, thetas = [], []
-        for stage, stn in zip(self.backbone.stages, self.stns):
-            x, theta = stn(stage(x))
+        for i, stage in enumerate(self.backbone.stages):
+            x = stage(x)
+            x, theta = self.stns[i](x) if self.stns else (x, identity)
             maps.append(x)
             thetas.append(theta)
         return maps, thetas
@@ -80,7 +84,8 @@ class RegAD(nn.Module):
         for i, feature in enumerate(maps):
             if i > 0:
                 composed = compose_theta(composed, thetas[i])
-            back = warp(feature, invert_theta(composed))  # B x C_i x H_i x W_i
+            # Without STNs nothing was warped: skip the (identity) resampling.
+            back = warp(feature, invert_theta(composed)) if self.stns else feature  # B x C_i x H_i x W_i
             registered.append(F.interpolate(back, size=size, mode="nearest"))
         return torch.cat(registered, dim=1)
 

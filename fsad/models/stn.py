@@ -30,6 +30,9 @@ STN_MODES: dict[str, tuple[float, ...]] = {
     "rotation_translation": (0.0, 0.0, 0.0),
     "rotation_translation_scale": (0.0, 0.0, 0.0, 1.0, 1.0),
 }
+# The ablation without registration modules: RegAD keeps its backbone and Siamese head
+# but builds no STN (every transform is the identity).
+NO_STN = "none"
 
 
 def check_mode(mode: str) -> str:
@@ -77,7 +80,11 @@ def params_to_theta(params: torch.Tensor, mode: str) -> torch.Tensor:
 
 def invert_theta(theta: torch.Tensor) -> torch.Tensor:
     """Exact inverse of B x 2 x 3 affine matrices: ``[A | t] -> [A^-1 | -A^-1 t]``."""
-    a_inv = torch.linalg.inv(theta[:, :, :2])  # B x 2 x 2
+    # Closed-form 2 x 2 inverse: exact, differentiable, and free of LAPACK (whose batched
+    # inverse has hung in some MKL builds).
+    a, b, c, d = theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1]  # B each
+    det = a * d - b * c
+    a_inv = torch.stack([torch.stack([d, -b], 1), torch.stack([-c, a], 1)], 1) / det[:, None, None]  # B x 2 x 2
     t_inv = -a_inv @ theta[:, :, 2:]  # B x 2 x 1
     return torch.cat([a_inv, t_inv], dim=2)
 

@@ -1,0 +1,215 @@
+"""The RegAD paper's ablations under the project's harness.
+
+Variants of one RegAD run (the ablations of https://arxiv.org/abs/2207.07361), all scored on
+the same support sets and test images:
+- ``stn_<mode>``: the model trained with each STN transform family;
+  ``stn_rotation_scale`` is the default RegAD;
+- ``no_stn``: the backbone + Siamese head trained without any STN (``stn_mode="none"``);
+- ``untrained``: registration training off: ImageNet features + 22 support views + Gaussian;
+- ``no_augmentation``: the default model without the 22 support views;
+- ``k_sweep``: the default model at K in ``k_sweep`` (16 only where a category has >= 16
+  train images; K = 1 works thanks to the views).
+Models train leave-one-category-out under ``models_dir/<stn mode>/<category>/`` (the
+default mode's models of ``fsad.experiment`` are reused through ``regad_models``).
+
+Example:
+    >>> config = AblationConfig(dataset="toy", stn_modes=("rotation_scale", "affine"), n_sets=2)
+    >>> results = run_ablations(config, Path("runs/ablations-toy"))
+    >>> print(ablation_table(results, ("image_auroc", "pixel_auroc")))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from fsad.checkpoint import build_model, load_model
+from fsad.comparison import comparison_table, method_metrics
+from fsad.config import RegADConfig
+from fsad.data.loading import load_images
+from fsad.data.mvtec import list_categories, load_category
+from fsad.data.support_sets import support_samples
+from fsad.evaluation import TestSet
+from fsad.experiment import ExperimentConfig, resolve_dataset, support_sets_for
+from fsad.methods.regad import RegADMethod
+from fsad.models.regad import RegAD
+from fsad.models.stn import NO_STN, STN_MODES
+from fsad.reports import MEAN_ROW, summarize
+from fsad.seed import seed_everything
+from fsad.training import MODEL_NAME, train_regad
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AblationConfig:
+    """Which data and which ablations.
+
+    Attributes:
+        dataset, categories, shots, n_sets, support_seed, metrics: As in ``ComparisonConfig``.
+        k_sweep: K values of the ``k_sweep`` variant.
+        stn_modes: STN modes trained for the ``stn_<mode>`` variants (default: all nine).
+        regad: The default RegAD settings; every variant changes one thing.
+        regad_models: Folder holding ``<category>/regad.pt`` of the default STN mode, reused.
+        support_dir: Folder of the support-set JSON files; ``None``: ``out_dir/support_sets``.
+    """
+
+    dataset: str = "toy"
+    categories: tuple[str, ...] | None = None
+    shots: tuple[int, ...] = (2, 4, 8)
+    k_sweep: tuple[int, ...] = (1, 2, 4, 8, 16)
+    n_sets: int = 10
+    support_seed: int = 0
+    metrics: tuple[str, ...] = ("image_auroc", "pixel_auroc", "aupro")
+    stn_modes: tuple[str, ...] = tuple(STN_MODES)
+    regad: RegADConfig = field(default_factory=RegADConfig)
+    regad_models: str | None = None
+    support_dir: str | None = None
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> AblationConfig:
+        """Build from a mapping (e.g. the ``ablations`` section of params.yaml); unknown keys are errors."""
+        values = dict(values)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown ablation setting(s) {unknown}; known: {sorted(known)}")
+        values["regad"] = RegADConfig.from_dict(values.get("regad", {}), source=f"{source}: regad")
+        for key in ("categories", "shots", "k_sweep", "metrics", "stn_modes"):
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
+        bad = sorted(set(values.get("stn_modes", ())) - set(STN_MODES))
+        if bad:
+            raise ValueError(f"{source}: unknown STN mode(s) {bad}; choose from {sorted(STN_MODES)}")
+        return cls(**values)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, section: str | None = None) -> AblationConfig:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        return cls.from_dict(data[section] if section else data, source=str(path))
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One ablation: the model it scores (``stn_mode``, trained or not), its test-time settings and K."""
+
+    name: str
+    stn_mode: str
+    trained: bool
+    augment_support: bool
+    shots: tuple[int, ...]
+
+
+def ablation_variants(config: AblationConfig) -> list[Variant]:
+    """Every variant of ``config``, the default RegAD's STN mode first."""
+    default = config.regad.stn_mode
+    modes = sorted(config.stn_modes, key=lambda m: m != default)
+    return [
+        *(Variant(f"stn_{m}", m, True, True, config.shots) for m in modes),
+        Variant("no_stn", NO_STN, True, True, config.shots),
+        Variant("untrained", default, False, True, config.shots),
+        Variant("no_augmentation", default, True, False, config.shots),
+        Variant("k_sweep", default, True, True, config.k_sweep),
+    ]
+
+
+def _model(variant: Variant, config: AblationConfig, target: str, others, models_dir: Path, progress: bool) -> RegAD:
+    """The variant's network: untrained, reused from ``regad_models``, or trained (resumable) here."""
+    settings = config.regad.replace(stn_mode=variant.stn_mode)
+    if not variant.trained:
+        seed_everything(settings.seed)
+        return build_model(settings).eval()
+    reused = Path(config.regad_models or "") / target / MODEL_NAME
+    if config.regad_models and variant.stn_mode == config.regad.stn_mode and reused.is_file():
+        return load_model(reused, expected=settings)[0]
+    folder = models_dir / variant.stn_mode / target
+    if not (folder / MODEL_NAME).is_file():
+        train_regad(others, settings, folder, progress=progress)
+    return load_model(folder / MODEL_NAME, expected=settings)[0]
+
+
+def run_ablations(config: AblationConfig, out_dir: Path, models_dir: Path | None = None, progress: bool = True) -> pd.DataFrame:
+    """Score every variant on every target category; write ``out_dir/results.csv``.
+
+    Models are trained (resumably) under ``models_dir/<stn mode>/<category>/``
+    (``None``: ``out_dir/models``).
+
+    Returns:
+        One row per (variant, category, K, support set) with the metrics.
+    """
+    out_dir = Path(out_dir)
+    models_dir = Path(models_dir) if models_dir else out_dir / "models"
+    root = resolve_dataset(config.dataset)
+    names = list_categories(root)
+    support_dir = Path(config.support_dir) if config.support_dir else out_dir / "support_sets"
+    size = config.regad.image_size
+    variants = ablation_variants(config)
+    rows = []
+    for target in config.categories or names:
+        category = load_category(root, target)
+        shots = sorted(k for k in {*config.shots, *config.k_sweep} if k <= len(category.train))
+        sets = support_sets_for(category, ExperimentConfig(shots=tuple(shots), n_sets=config.n_sets, support_seed=config.support_seed), support_dir)
+        others = [load_category(root, c) for c in names if c != target]
+        test = TestSet.load(category, size)
+        models: dict[tuple[str, bool], RegAD] = {}
+        for variant in variants:
+            key = (variant.stn_mode, variant.trained)
+            if key not in models:
+                models[key] = _model(variant, config, target, others, models_dir, progress)
+            method = RegADMethod(models[key], config.regad.replace(augment_support=variant.augment_support), name=variant.name)
+            embedded = method.embed(test.images)
+            for k in (k for k in variant.shots if k in sets):
+                if k < 2 and not variant.augment_support:
+                    continue  # one image without views has no covariance
+                for i, paths in enumerate(sets[k]):
+                    method.fit(load_images(support_samples(category, paths), size))
+                    scores = method.score_embedded(embedded)
+                    rows.append({"variant": variant.name, "stn_mode": variant.stn_mode, "category": target, "shots": k,
+                                 "support_set": i, **method_metrics(scores, test, config.metrics)})
+            log.info("%s %s done", target, variant.name)
+    results = pd.DataFrame(rows)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results.to_csv(out_dir / "results.csv", index=False)
+    return results
+
+
+def ablation_table(results: pd.DataFrame, metrics: Sequence[str], categories: bool = False) -> pd.DataFrame:
+    """Variants as row groups, K as columns (``comparison_table`` on the ``variant`` column)."""
+    return comparison_table(results.drop(columns="stn_mode").rename(columns={"variant": "method"}), metrics, categories)
+
+
+def plot_ablations(results: pd.DataFrame, metric: str = "image_auroc", path: Path | None = None):
+    """Left: every variant but the K sweep at each K; right: the K sweep. Category mean +- std over support sets, in %.
+
+    Returns the matplotlib figure; saves it as PNG when ``path`` is given.
+    """
+    import matplotlib.pyplot as plt
+
+    summary = summarize(results.drop(columns="stn_mode"), [metric])
+    mean = summary[summary["category"] == MEAN_ROW]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.5))
+    for shots, part in mean[mean["variant"] != "k_sweep"].groupby("shots"):
+        left.errorbar(part["variant"], 100 * part[f"{metric}_mean"], yerr=100 * part[f"{metric}_std"], fmt="o", capsize=3, label=f"K={shots}")
+    left.set_ylabel(f"{metric} (%)")
+    left.tick_params(axis="x", rotation=70)
+    left.legend()
+    sweep = mean[mean["variant"] == "k_sweep"]
+    right.errorbar(sweep["shots"], 100 * sweep[f"{metric}_mean"], yerr=100 * sweep[f"{metric}_std"], fmt="o-", capsize=3)
+    right.set_xscale("log", base=2)
+    right.set_xlabel("K")
+    right.set_title("k_sweep")
+    fig.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+__all__ = ["AblationConfig", "Variant", "ablation_table", "ablation_variants", "plot_ablations", "run_ablations"]

@@ -1,0 +1,102 @@
+"""Synthesised anomalies for training on categories that have no defect masks.
+
+Methods that learn from anomalies of the training categories (ResAD) use the real
+defective test images and masks where a category has them; elsewhere they get anomalies
+made from normal images here, in the spirit of DRAEM (https://arxiv.org/abs/2108.07610)
+and CutPaste (https://arxiv.org/abs/2104.04015): inside a random blob (a union of
+ellipses), the image is replaced by a blend of one of
+- a texture crop (from ``../shared/datasets/dtd-mini`` or any folder of images),
+- a patch cut from elsewhere in the same image (cut-and-paste),
+- coloured noise.
+The mask is exactly the blob: the only pixels that may change.
+
+Example:
+    >>> synth = AnomalySynthesizer(textures_from_folder(DTD_MINI_DIR, 64, limit=50), seed=0)
+    >>> image, mask = synth(normal)  # 3 x S x S uint8, S x S float {0, 1}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fsad.data.mvtec import IMAGE_SUFFIXES, read_image
+
+KINDS = ("texture", "cutpaste", "noise")
+
+
+def textures_from_folder(folder: str | Path, size: int, limit: int | None = None, seed: int = 0) -> torch.Tensor:
+    """Up to ``limit`` images found under ``folder`` (recursively), resized: T x 3 x size x size uint8.
+
+    The files are sorted and a seeded subset is taken, so the texture pool is reproducible.
+    """
+    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"fsad/data/synthesis.py: no texture image under {folder}; "
+                                "point it at ../shared/datasets/dtd-mini or another image folder")
+    if limit is not None and limit < len(files):
+        keep = np.random.default_rng(seed).choice(len(files), limit, replace=False)
+        files = [files[i] for i in sorted(keep)]
+    return torch.stack([(read_image(f, size) * 255).round().to(torch.uint8) for f in files])
+
+
+def random_blob(size: int, rng: np.random.Generator, max_fraction: float = 0.2) -> np.ndarray:
+    """A size x size boolean mask: the union of 1-3 random ellipses, never empty."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    mask = np.zeros((size, size), dtype=bool)
+    cy, cx = rng.uniform(0.2 * size, 0.8 * size, 2)
+    for _ in range(rng.integers(1, 4)):
+        ry, rx = rng.uniform(0.04, np.sqrt(max_fraction / np.pi)) * size, rng.uniform(0.04, np.sqrt(max_fraction / np.pi)) * size
+        oy, ox = rng.normal(0, 0.05 * size, 2)
+        angle = rng.uniform(0, np.pi)
+        dy, dx = yy - (cy + oy), xx - (cx + ox)
+        u = dx * np.cos(angle) + dy * np.sin(angle)
+        v = -dx * np.sin(angle) + dy * np.cos(angle)
+        mask |= (u / rx) ** 2 + (v / ry) ** 2 <= 1
+    mask[int(cy), int(cx)] = True  # a blob is never empty, even when every ellipse is tiny
+    return mask
+
+
+class AnomalySynthesizer:
+    """Paste textures, patches of the image itself, or noise into a random blob.
+
+    Args:
+        textures: T x 3 x S x S uint8 texture pool (at the image size); None disables
+            the ``texture`` kind.
+        seed: Seed of every random choice; calls draw one after another from it.
+        opacity: Range of the blend factor of the pasted content (1: fully replaced).
+    """
+
+    def __init__(self, textures: torch.Tensor | None = None, seed: int = 0, opacity: tuple[float, float] = (0.6, 1.0)):
+        self.textures = textures
+        self.rng = np.random.default_rng(seed)
+        self.opacity = opacity
+        self.kinds = KINDS if textures is not None else KINDS[1:]
+
+    def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, str]:
+        """One anomalous version of ``image`` (3 x S x S uint8).
+
+        Returns:
+            The image (3 x S x S uint8), its mask (S x S float in {0, 1}) and the kind used.
+        """
+        _, size, _ = image.shape
+        mask = torch.from_numpy(random_blob(size, self.rng))  # S x S bool
+        kind = str(self.rng.choice(self.kinds))
+        original = image.float()  # 3 x S x S
+        if kind == "texture":
+            content = self.textures[self.rng.integers(len(self.textures))].float()
+            if self.textures.shape[-1] != size:
+                raise ValueError(f"fsad/data/synthesis.py: textures are {self.textures.shape[-1]} px, images {size} px; load them at the image size")
+        elif kind == "cutpaste":
+            shift = self.rng.integers(size // 4, 3 * size // 4, 2)
+            content = torch.roll(original, shifts=(int(shift[0]), int(shift[1])), dims=(1, 2))
+            content = content.flip(2) if self.rng.random() < 0.5 else content
+        else:
+            colour = torch.from_numpy(self.rng.uniform(0, 255, (3, 1, 1))).float()
+            content = (colour + torch.from_numpy(self.rng.normal(0, 40, (3, size, size))).float()).clamp(0, 255)
+        alpha = float(self.rng.uniform(*self.opacity))
+        blended = (1 - alpha) * original + alpha * content  # 3 x S x S
+        out = torch.where(mask, blended.round(), original).to(torch.uint8)
+        return out, mask.float(), kind

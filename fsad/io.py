@@ -1,0 +1,111 @@
+"""Atomic file writes: a reader (or an interrupted DVC stage) never sees a half-written file.
+
+Every writer goes to a hidden temporary file in the target's folder and renames it over
+the target with ``os.replace``, which is atomic on one file system.
+
+Example:
+    >>> write_json_atomic(tmp_path / "metrics.json", {"image_auroc": 0.91})  # doctest: +SKIP
+    >>> with atomic_path(tmp_path / "figure.png") as tmp:  # doctest: +SKIP
+    ...     figure.savefig(tmp)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it to ``path`` if the block succeeds.
+
+    The temporary name keeps ``path``'s suffix, so writers that choose a format from the
+    suffix (``savefig``, papermill) behave as for ``path`` itself. On an error the
+    temporary file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path``; it replaces ``path`` if the block succeeds.
+
+    The old folder is first renamed aside and deleted only after the new one is in place,
+    so at every moment ``path`` is either the complete old or the complete new folder
+    (or, for an instant between the two renames, absent). Files left over from an
+    earlier run (e.g. another data set's categories) disappear with the old folder.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tag = uuid.uuid4().hex[:12]
+    partial = path.parent / f".{path.name}.partial-{tag}"
+    partial.mkdir()
+    try:
+        yield partial
+        old = path.parent / f".{path.name}.old-{tag}"
+        if path.exists():
+            os.replace(path, old)
+        os.replace(partial, path)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities become ``null`` (JSON has no NaN); numpy scalars become Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """Write ``data`` as indented JSON, NaN written as ``null`` so every JSON reader accepts it."""
+    write_text_atomic(path, json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n")
+
+
+def write_csv_atomic(path: str | Path, frame: pd.DataFrame, index: bool = False) -> None:
+    """Write a DataFrame as CSV atomically."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=index)
+
+
+def save_figure_atomic(figure, path: str | Path, dpi: int = 120) -> Path:
+    """Save a matplotlib figure (format from the suffix of ``path``) atomically; returns ``path``."""
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=dpi, bbox_inches="tight")
+    return Path(path)
+
+
+__all__ = ["atomic_dir", "atomic_path", "save_figure_atomic", "write_csv_atomic", "write_json_atomic", "write_text_atomic"]

@@ -1,0 +1,143 @@
+"""The interface every few-shot method of the comparison implements, and shared helpers.
+
+A method sees only the K support images of the target category at test time: ``fit``
+builds its normal model from them and ``score`` turns test images into anomaly maps and
+image scores. Test images are first ``embed``-ded, a step that does not depend on the
+support set for most methods, so the comparison harness embeds a test set once and scores
+it against every support set (``score_embedded``). Methods whose embedding changes with
+the support set (RegAD-L retrains its network in ``fit``) set
+``embedding_depends_on_support``.
+
+Example:
+    >>> method = PaDiM(build_backbone("mobilenet_v2"), image_size=128)  # any FewShotMethod
+    >>> method.fit(support)  # K x 3 x 128 x 128 uint8
+    >>> scores = method.score(test_images)  # scores.maps: N x 128 x 128, scores.image: N
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from fsad.data.loading import as_float
+from fsad.models.backbones import FeatureExtractor
+
+# What ``embed`` returns: tensors whose first dimension indexes the images.
+Embedding = tuple[torch.Tensor, ...]
+
+
+@dataclass
+class Scores:
+    """A method's output for N test images.
+
+    Attributes:
+        maps: N x S x S anomaly maps (higher = more anomalous).
+        image: N image scores: the map's maximum, or the method's own image score
+            where its paper defines one (SPADE, PatchCore).
+    """
+
+    maps: torch.Tensor
+    image: torch.Tensor
+
+
+class FewShotMethod(ABC):
+    """A few-shot anomaly detector: ``fit`` on K normal images, then ``score`` test images.
+
+    Attributes:
+        name: Registry name (the ``method`` column of the results).
+        embedding_depends_on_support: True when ``embed`` must run after every ``fit``.
+    """
+
+    name: str = ""
+    embedding_depends_on_support: bool = False
+
+    @abstractmethod
+    def embed(self, images: torch.Tensor) -> Embedding:
+        """Support-independent representation of N x 3 x S x S images (uint8 or [0, 1] floats)."""
+
+    @abstractmethod
+    def fit(self, support: torch.Tensor) -> None:
+        """Build the normal model from K x 3 x S x S support images (uint8 or [0, 1] floats)."""
+
+    @abstractmethod
+    def score_embedded(self, embedded: Embedding) -> Scores:
+        """Anomaly maps and image scores of embedded test images against the fitted model."""
+
+    def score(self, images: torch.Tensor) -> Scores:
+        """``score_embedded(embed(images))``."""
+        return self.score_embedded(self.embed(images))
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> float32 in [0, 1]; float images pass through."""
+    return as_float(images) if images.dtype == torch.uint8 else images
+
+
+@torch.no_grad()
+def batched(fn: Callable[[torch.Tensor], Sequence[torch.Tensor]], images: torch.Tensor, device: str,
+            batch_size: int = 32) -> Embedding:
+    """Apply ``fn`` to float batches of ``images`` on ``device``; concatenate each output on the CPU."""
+    outputs: list[list[torch.Tensor]] = []
+    for chunk in images.split(batch_size):
+        result = fn(to_float(chunk).to(device))
+        outputs.append([t.cpu() for t in result])
+    return tuple(torch.cat(parts) for parts in zip(*outputs))
+
+
+def frozen(backbone: FeatureExtractor, device: str) -> FeatureExtractor:
+    """The backbone in eval mode, on ``device``, with no gradients (a fixed feature extractor)."""
+    backbone = backbone.eval().to(device)
+    for parameter in backbone.parameters():
+        parameter.requires_grad_(False)
+    return backbone
+
+
+def concat_stages(stages: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Stage maps upsampled (nearest) to the first one's size and concatenated, as PaDiM does.
+
+    Args:
+        stages: B x C_i x H_i x W_i maps, the first the largest.
+
+    Returns:
+        B x sum(C_i) x H_0 x W_0.
+    """
+    size = stages[0].shape[-2:]
+    return torch.cat([F.interpolate(s, size=size, mode="nearest") for s in stages], dim=1)
+
+
+def nearest_distances(queries: torch.Tensor, gallery: torch.Tensor, k: int = 1,
+                      chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Euclidean distances from each query to its k nearest gallery vectors, in chunks.
+
+    Args:
+        queries: Q x D.
+        gallery: G x D, G >= k.
+        k: Neighbours per query.
+        chunk: Queries per matmul (bounds the Q x G temporary).
+
+    Returns:
+        Q x k distances (ascending) and Q x k gallery indices.
+    """
+    if gallery.shape[0] < k:
+        raise ValueError(f"fsad/methods/base.py: {k} nearest neighbours asked from a gallery of {gallery.shape[0]}")
+    values, indices = [], []
+    gallery_norms = (gallery * gallery).sum(dim=1)  # G
+    for part in queries.split(chunk):
+        # Rank by |g|^2 - 2 q.g (one matmul; |q|^2 is the same for every g), then measure
+        # the winners exactly: faster than cdist, and exact for near-equal vectors.
+        ranking = torch.addmm(gallery_norms, part, gallery.T, alpha=-2)  # q x G
+        index = ranking.argmin(dim=1, keepdim=True) if k == 1 else ranking.topk(k, dim=1, largest=False).indices  # q x k
+        distance = torch.linalg.vector_norm(part[:, None] - gallery[index], dim=2)  # q x k
+        distance, order = distance.sort(dim=1)
+        values.append(distance)
+        indices.append(index.gather(1, order))
+    return torch.cat(values), torch.cat(indices)
+
+
+def positions(features: torch.Tensor) -> torch.Tensor:
+    """B x C x H x W maps -> (B * H * W) x C vectors, row-major per image."""
+    return features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])

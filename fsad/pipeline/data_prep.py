@@ -1,0 +1,148 @@
+"""Stage ``data_prep``: the data set, a checksum manifest per category and split, the support sets.
+
+The manifests make DVC's per-category reruns exact: the ``train`` and ``evaluate`` stages
+of a category depend on its manifest files, not on the data set folder, so changing one
+category's images (or its support sets) reruns only the stages that read them. Support
+sets are made here, once, and every method reads the same files.
+
+Example:
+    >>> summary = prepare_data("toy", targets=["disc"], shots=[2], n_sets=2, seed=0)  # doctest: +SKIP
+    >>> summary["categories"]  # doctest: +SKIP
+    ['disc', 'ring', 'stripes']
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from fsad.data.mvtec import Category, list_categories, load_category
+from fsad.data.official_support import import_official_support
+from fsad.data.support_sets import make_support_sets, save_support_sets
+from fsad.io import atomic_dir, write_json_atomic
+from fsad.paper import benchmark_of
+from fsad.pipeline import layout
+from fsad.pipeline.manifest import dataset_root
+from fsad.paths import ROOT
+
+SUPPORT_SOURCES = ("draw", "official")
+# The seed recorded in support-set files imported from the official RegAD files (not drawn).
+OFFICIAL_SEED = -1
+
+
+def file_md5(path: Path, chunk: int = 2**20) -> str:
+    """MD5 of a file's bytes (what DVC uses too), read in 1 MiB chunks."""
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _display_root(root: Path) -> str:
+    """The data set root relative to the project root when possible: manifests must not
+    hold machine-specific absolute paths, or a team's run-cache would never match."""
+    return Path(os.path.relpath(root, ROOT)).as_posix()
+
+
+def category_manifests(category: Category, dataset: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``train`` and ``test`` manifests of a category: relative path -> MD5 of every file."""
+    def checksums(paths: Sequence[Path]) -> dict[str, str]:
+        return {p.relative_to(category.path).as_posix(): file_md5(p) for p in paths}
+
+    train = {"dataset": dataset, "category": category.name, "split": "train",
+             "files": checksums([s.path for s in category.train])}
+    test_files = [s.path for s in category.test] + [s.mask_path for s in category.test if s.mask_path is not None]
+    test = {"dataset": dataset, "category": category.name, "split": "test", "has_masks": category.has_masks,
+            "n_normal": sum(s.label == 0 for s in category.test), "n_anomalous": sum(s.label == 1 for s in category.test),
+            "files": checksums(sorted(test_files))}
+    return train, test
+
+
+def check_targets(targets: Sequence[str], available: Sequence[str], root: Path) -> None:
+    """Every target must be a category of the data set, and leave-one-out needs two categories.
+
+    Raises:
+        ValueError: naming the unknown categories and the data set's categories.
+    """
+    unknown = [t for t in targets if t not in available]
+    if unknown or not targets:
+        raise ValueError(f"fsad/pipeline/data_prep.py: data.categories lists {unknown or 'nothing'}, not categories of "
+                         f"{root} (its categories: {list(available)}); set data.categories in params.yaml to some of them, "
+                         f"e.g. dvc exp run -S 'data.categories={list(available)}'")
+    if len(available) < 2:
+        raise ValueError(f"fsad/pipeline/data_prep.py: {root} has one category; leave-one-out training needs two or more")
+
+
+def support_sets_for(category: Category, shots: Sequence[int], n_sets: int, seed: int,
+                     source: str) -> tuple[dict[int, list[list[str]]], int]:
+    """The category's support sets, drawn (``draw``) or imported from the official files (``official``).
+
+    Returns:
+        The sets and the seed to record (``OFFICIAL_SEED`` for imported ones).
+    """
+    if source == "draw":
+        return make_support_sets(category, shots, n_sets, seed), seed
+    if source == "official":
+        sets = import_official_support(category, layout.OFFICIAL_SUPPORT_DIR, shots)
+        return {k: s[:n_sets] for k, s in sets.items()}, OFFICIAL_SEED
+    raise ValueError(f"fsad/pipeline/data_prep.py: support.source is {source!r}; choose one of {SUPPORT_SOURCES}")
+
+
+def prepare_data(dataset: str, targets: Sequence[str], shots: Sequence[int], n_sets: int, seed: int,
+                 source: str = "draw", progress: bool = True) -> dict[str, Any]:
+    """Resolve (or build) the data set, write its manifests and the targets' support sets.
+
+    Writes ``data/prepared/``: ``dataset.json``, ``train/<c>.json`` and ``test/<c>.json`` for
+    every category, and ``training_sets/<t>.json`` (the train files of every category but
+    ``t``: leave-one-out) for every target ``t``; and ``data/support_sets/<t>.json``. Each
+    folder is replaced as a whole, atomically.
+
+    Args:
+        dataset: ``elpv``, ``toy``, ``fsad-mini`` or a folder (relative to the project root).
+        targets: Categories to evaluate (``data.categories``).
+        shots: K values of the support sets.
+        n_sets: Support sets per K.
+        seed: Seed of the draw.
+        source: ``draw`` or ``official``.
+
+    Returns:
+        The content of ``dataset.json``.
+    """
+    root = dataset_root(dataset)
+    names = list_categories(root)
+    check_targets(targets, names, root)
+    categories = {name: load_category(root, name) for name in names}
+    summary = {
+        "dataset": dataset, "root": _display_root(root), "categories": names,
+        "benchmark": benchmark_of(names),
+        "has_masks": {n: c.has_masks for n, c in categories.items()},
+        "counts": {n: {"train": len(c.train), "test_normal": sum(s.label == 0 for s in c.test),
+                       "test_anomalous": sum(s.label == 1 for s in c.test)} for n, c in categories.items()},
+    }
+    with atomic_dir(layout.PREPARED_DIR) as prepared:
+        train_files = {}
+        for name in tqdm(names, desc="checksums", disable=not progress):
+            train, test = category_manifests(categories[name], dataset)
+            train_files[name] = train["files"]
+            write_json_atomic(prepared / "train" / f"{name}.json", train)
+            write_json_atomic(prepared / "test" / f"{name}.json", test)
+        for target in targets:  # train@<target> reads exactly the other categories' files
+            others = [n for n in names if n != target]
+            write_json_atomic(prepared / "training_sets" / f"{target}.json",
+                              {"dataset": dataset, "target": target, "train_categories": others,
+                               "files": {n: train_files[n] for n in others}})
+        write_json_atomic(prepared / layout.DATASET_MANIFEST.name, summary)
+    with atomic_dir(layout.SUPPORT_DIR) as support:
+        for name in targets:
+            sets, recorded_seed = support_sets_for(categories[name], shots, n_sets, seed, source)
+            save_support_sets(support / f"{name}.json", categories[name], sets, recorded_seed)
+    return summary
+
+
+__all__ = ["category_manifests", "check_targets", "file_md5", "prepare_data", "support_sets_for"]

@@ -1,0 +1,63 @@
+"""Stage ``train@<category>``: RegAD trained on every other category (leave one out).
+
+Training does not depend on K, so one model per held-out category serves every K.
+An interrupted stage leaves ``checkpoint.pt`` beside the model and the next run resumes
+from it, but only when it was made with exactly the same settings: a checkpoint of other
+settings (say another ``lr``) would silently mix two trainings.
+
+Example:
+    >>> model, history = train_target("mono", RegADConfig(epochs=1))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from fsad.config import RegADConfig, training_settings
+from fsad.data.mvtec import load_category
+from fsad.models.regad import RegAD
+from fsad.pipeline import layout
+from fsad.pipeline.manifest import dataset_root, training_set
+from fsad.training import CHECKPOINT_NAME, train_regad
+
+log = logging.getLogger(__name__)
+
+
+def can_resume(config: RegADConfig, checkpoint: Path) -> bool:
+    """True when ``checkpoint`` exists and was written with exactly ``config``'s training settings."""
+    if not checkpoint.is_file():
+        return False
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)["config"]
+    return training_settings(saved) == training_settings(config)
+
+
+def train_target(target: str, config: RegADConfig, progress: bool = True) -> tuple[RegAD, pd.DataFrame]:
+    """Train the model that will score ``target``: on the train images of every other category.
+
+    Args:
+        target: The held-out category.
+        config: Training settings.
+        progress: Show tqdm bars with an ETA (in a terminal and in a notebook).
+
+    Returns:
+        The trained model (eval mode) and its per-epoch history (loss, seconds, images/s).
+    """
+    training = training_set(target)
+    root = dataset_root(training["dataset"])
+    others = training["train_categories"]
+    out_dir = layout.model_path(target).parent
+    checkpoint = out_dir / CHECKPOINT_NAME
+    resume = can_resume(config, checkpoint)
+    if checkpoint.is_file() and not resume:
+        log.warning("%s was written with other settings: training from scratch", checkpoint)
+    model = train_regad([load_category(root, c) for c in others], config, out_dir, resume=resume, progress=progress)
+    checkpoint.unlink(missing_ok=True)  # the final model is written; the checkpoint only served resuming
+    history = pd.DataFrame(torch.load(layout.model_path(target), map_location="cpu", weights_only=True)["history"])
+    return model, history
+
+
+__all__ = ["can_resume", "train_target"]

@@ -1,0 +1,35 @@
+import pytest
+
+from fsad.ablations import AblationConfig, ablation_table, ablation_variants, run_ablations
+from fsad.config import RegADConfig
+from fsad.models.stn import STN_MODES
+
+
+def test_variants_cover_the_paper_ablations():
+    variants = ablation_variants(AblationConfig(regad=RegADConfig(stn_mode="affine")))
+    names = [v.name for v in variants]
+    assert names[0] == "stn_affine"  # the default mode first
+    assert {f"stn_{m}" for m in STN_MODES} <= set(names)
+    assert {"no_stn", "untrained", "no_augmentation", "k_sweep"} <= set(names)
+    by_name = {v.name: v for v in variants}
+    assert by_name["no_stn"].stn_mode == "none" and by_name["no_stn"].trained
+    assert not by_name["untrained"].trained and not by_name["no_augmentation"].augment_support
+    assert by_name["k_sweep"].shots == (1, 2, 4, 8, 16)
+
+
+def test_unknown_mode_is_an_error():
+    with pytest.raises(ValueError, match="unknown STN mode"):
+        AblationConfig.from_dict({"stn_modes": ["spin"]})
+
+
+def test_ablations_on_toy(toy_root, tmp_path):
+    config = AblationConfig(dataset=str(toy_root), categories=("disc",), shots=(2,), k_sweep=(1, 2, 16), n_sets=1,
+                            stn_modes=("rotation_scale", "translation"), metrics=("image_auroc", "pixel_auroc"),
+                            regad=RegADConfig(image_size=64, epochs=1, batch_size=8, pretrained=False, device="cpu"))
+    results = run_ablations(config, tmp_path, progress=False)
+    variants = set(results["variant"])
+    assert variants == {"stn_rotation_scale", "stn_translation", "no_stn", "untrained", "no_augmentation", "k_sweep"}
+    assert set(results.loc[results["variant"] == "k_sweep", "shots"]) == {1, 2}  # toy has 12 train images: no K=16
+    assert (tmp_path / "models" / "none" / "disc" / "regad.pt").is_file()
+    table = ablation_table(results, ("image_auroc", "pixel_auroc"))
+    assert list(table.columns) == ["K=1", "K=2"]

@@ -1,0 +1,42 @@
+import torch
+
+from fsad.methods.resad import ResAD, ResADHead, residuals
+
+
+def test_residual_is_feature_minus_nearest_reference():
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(2, 5, 3, 4, generator=generator)
+    reference = torch.randn(30, 5, generator=generator)
+    got = residuals(features, reference)
+    for b in range(2):
+        for y in range(3):
+            for x in range(4):
+                f = features[b, :, y, x]
+                nearest = reference[torch.linalg.vector_norm(reference - f, dim=1).argmin()]
+                assert torch.allclose(got[b, :, y, x], f - nearest, atol=1e-5)
+
+
+def test_a_support_image_has_zero_residual(backbone, images):
+    support, _ = images
+    resad = ResAD(backbone, image_size=32)
+    resad.fit(support)
+    for features, reference in zip(resad.embed(support[:1]), resad.references):
+        assert residuals(features, reference).abs().max() < 1e-3
+
+
+def test_save_load_round_trip(backbone, images, tmp_path):
+    from fsad.methods.resad import ResADSettings
+
+    support, test = images
+    torch.manual_seed(0)
+    head = ResADHead(backbone.channels)
+    for p in head.parameters():
+        p.data.normal_(0, 0.1)
+    trained = ResAD(backbone, image_size=32, head=head)
+    trained.save(tmp_path / "resad.pt", ResADSettings(), {"a": "real"})
+    loaded = ResAD(backbone, image_size=32)
+    record = loaded.load(tmp_path / "resad.pt")
+    assert record["sources"] == {"a": "real"}
+    for m in (trained, loaded):
+        m.fit(support)
+    assert torch.allclose(trained.score(test).maps, loaded.score(test).maps)

@@ -1,0 +1,47 @@
+"""Atomic writes: an interrupted writer leaves the old file (or none), never half a file."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from fsad.io import atomic_dir, atomic_path, write_csv_atomic, write_json_atomic
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    target = tmp_path / "out" / "table.csv"
+    write_csv_atomic(target, pd.DataFrame({"a": [1]}))
+    with pytest.raises(Interrupted):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise Interrupted
+    assert target.read_text() == "a\n1\n"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["table.csv"]
+
+
+def test_json_has_null_for_nan_and_plain_numbers(tmp_path):
+    import numpy as np
+
+    write_json_atomic(tmp_path / "m.json", {"K2": {"pixel_auroc": float("nan"), "image_auroc": np.float32(0.5)}})
+    assert json.loads((tmp_path / "m.json").read_text()) == {"K2": {"pixel_auroc": None, "image_auroc": 0.5}}
+
+
+def test_a_folder_is_replaced_whole_or_not_at_all(tmp_path):
+    folder = tmp_path / "prepared"
+    with atomic_dir(folder) as tmp:
+        (tmp / "old_category.json").write_text("{}")
+    with pytest.raises(Interrupted):
+        with atomic_dir(folder) as tmp:
+            (tmp / "new.json").write_text("{}")
+            raise Interrupted
+    assert [p.name for p in folder.iterdir()] == ["old_category.json"]
+    with atomic_dir(folder) as tmp:
+        (tmp / "new.json").write_text("{}")
+    assert [p.name for p in folder.iterdir()] == ["new.json"]  # stale files of the old run are gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]

@@ -1,0 +1,61 @@
+"""data_prep: manifests that make per-category reruns exact, support sets, clear errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from fsad.data.toy import make_toy_dataset
+from fsad.pipeline import layout
+from fsad.pipeline.data_prep import prepare_data
+from fsad.pipeline.manifest import prepared_category, prepared_support_sets, training_set
+
+
+def manifests(root) -> dict[str, str]:
+    folder = root / "data" / "prepared"
+    return {p.relative_to(folder).as_posix(): p.read_text() for p in sorted(folder.rglob("*.json"))}
+
+
+def test_changing_one_categorys_images_changes_only_the_manifests_that_read_them(toy_root, pipeline_root):
+    data = shutil.copytree(toy_root, pipeline_root / "toy")
+    summary = prepare_data(str(data), ["disc", "ring", "stripes"], [2, 4], 3, 0, progress=False)
+    assert summary["categories"] == ["disc", "ring", "stripes"] and summary["benchmark"] is None
+    before = manifests(pipeline_root)
+    (data / "ring" / "test" / "good" / "000.png").write_bytes((data / "ring" / "test" / "good" / "001.png").read_bytes())
+    prepare_data(str(data), ["disc", "ring", "stripes"], [2, 4], 3, 0, progress=False)
+    changed = {k for k, v in manifests(pipeline_root).items() if before[k] != v}
+    assert changed == {"test/ring.json"}  # only evaluate@ring reruns
+    (data / "ring" / "train" / "good" / "000.png").write_bytes((data / "ring" / "train" / "good" / "001.png").read_bytes())
+    prepare_data(str(data), ["disc", "ring", "stripes"], [2, 4], 3, 0, progress=False)
+    after = manifests(pipeline_root)
+    changed = {k for k, v in after.items() if before[k] != v}
+    # the models trained on ring's images (disc's, stripes') and ring's own evaluation
+    assert changed == {"test/ring.json", "train/ring.json", "training_sets/disc.json", "training_sets/stripes.json"}
+
+
+def test_support_sets_and_training_sets_are_written_for_the_targets(toy_root, pipeline_root):
+    prepare_data(str(toy_root), ["disc"], [2, 4], 3, 0, progress=False)
+    disc = prepared_category("disc")
+    sets = prepared_support_sets(disc)
+    assert sorted(sets) == [2, 4] and len(sets[4]) == 3 and len(sets[4][0]) == 4
+    assert training_set("disc")["train_categories"] == ["ring", "stripes"]
+    assert [p.name for p in layout.SUPPORT_DIR.iterdir()] == ["disc.json"]
+    dataset = json.loads(layout.DATASET_MANIFEST.read_text())
+    assert dataset["has_masks"] == {"disc": True, "ring": True, "stripes": True}
+    assert not dataset["root"].startswith("/")  # relative to the project root: the same on every machine
+
+
+def test_an_unknown_target_names_the_available_categories(toy_root, pipeline_root):
+    with pytest.raises(ValueError, match=r"lists \['mono'\].*its categories: \['disc', 'ring', 'stripes'\]"):
+        prepare_data(str(toy_root), ["mono"], [2], 1, 0, progress=False)
+    assert not layout.PREPARED_DIR.exists()
+
+
+def test_official_support_source_reads_the_official_folder(tmp_path, pipeline_root):
+    one = make_toy_dataset(tmp_path / "small", categories=("disc", "ring"), n_train=4, size=32)
+    with pytest.raises(FileNotFoundError, match=r"official_support/disc/2_10\.pt does not exist"):
+        prepare_data(str(one), ["disc"], [2], 1, 0, source="official", progress=False)
+    with pytest.raises(ValueError, match="support.source is 'random'"):
+        prepare_data(str(one), ["disc"], [2], 1, 0, source="random", progress=False)
