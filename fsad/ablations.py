@@ -35,7 +35,7 @@ from fsad.comparison import comparison_table, method_metrics
 from fsad.config import RegADConfig
 from fsad.data.loading import load_images
 from fsad.data.mvtec import list_categories, load_category
-from fsad.data.support_sets import support_samples
+from fsad.data.support_sets import load_support_sets, support_samples
 from fsad.evaluation import TestSet
 from fsad.experiment import ExperimentConfig, resolve_dataset, support_sets_for
 from fsad.methods.regad import RegADMethod
@@ -58,7 +58,9 @@ class AblationConfig:
         stn_modes: STN modes trained for the ``stn_<mode>`` variants (default: all nine).
         regad: The default RegAD settings; every variant changes one thing.
         regad_models: Folder holding ``<category>/regad.pt`` of the default STN mode, reused.
-        support_dir: Folder of the support-set JSON files; ``None``: ``out_dir/support_sets``.
+        support_dir: Folder of shared support-set JSON files, only read (the pipeline's
+            data_prep output); K values it lacks (the K sweep's) are drawn the same way into
+            ``out_dir/support_sets``. ``None``: everything goes to ``out_dir/support_sets``.
     """
 
     dataset: str = "toy"
@@ -135,6 +137,21 @@ def _model(variant: Variant, config: AblationConfig, target: str, others, models
     return load_model(folder / MODEL_NAME, expected=settings)[0]
 
 
+def _support_sets(category, config: AblationConfig, shots: Sequence[int], out_dir: Path) -> dict[int, list[list[str]]]:
+    """The shared sets where ``config.support_dir`` has them (never written to), the rest drawn into ``out_dir``.
+
+    Support-set draws do not depend on which other K are drawn, so the extra K of the
+    sweep are the sets data_prep would have made.
+    """
+    shared = Path(config.support_dir) / f"{category.name}.json" if config.support_dir else None
+    sets = load_support_sets(shared, category) if shared is not None and shared.is_file() else {}
+    missing = tuple(k for k in shots if len(sets.get(k, [])) < config.n_sets)
+    if missing:
+        drawn = ExperimentConfig(shots=missing, n_sets=config.n_sets, support_seed=config.support_seed)
+        sets.update(support_sets_for(category, drawn, out_dir / "support_sets"))
+    return {k: sets[k][: config.n_sets] for k in shots}
+
+
 def run_ablations(config: AblationConfig, out_dir: Path, models_dir: Path | None = None, progress: bool = True) -> pd.DataFrame:
     """Score every variant on every target category; write ``out_dir/results.csv``.
 
@@ -148,14 +165,13 @@ def run_ablations(config: AblationConfig, out_dir: Path, models_dir: Path | None
     models_dir = Path(models_dir) if models_dir else out_dir / "models"
     root = resolve_dataset(config.dataset)
     names = list_categories(root)
-    support_dir = Path(config.support_dir) if config.support_dir else out_dir / "support_sets"
     size = config.regad.image_size
     variants = ablation_variants(config)
     rows = []
     for target in config.categories or names:
         category = load_category(root, target)
         shots = sorted(k for k in {*config.shots, *config.k_sweep} if k <= len(category.train))
-        sets = support_sets_for(category, ExperimentConfig(shots=tuple(shots), n_sets=config.n_sets, support_seed=config.support_seed), support_dir)
+        sets = _support_sets(category, config, shots, out_dir)
         others = [load_category(root, c) for c in names if c != target]
         test = TestSet.load(category, size)
         models: dict[tuple[str, bool], RegAD] = {}

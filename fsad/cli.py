@@ -54,7 +54,7 @@ def cmd_train(args) -> None:
 
 def cmd_run(args) -> None:
     from fsad.experiment import ExperimentConfig, run_experiment
-    from fsad.reports import pivot_text, summarize, to_markdown
+    from fsad.reports import mean_difference, side_by_side, summarize, to_markdown
 
     config = ExperimentConfig.from_yaml(args.config)
     out = Path(args.out) if args.out else ROOT / "runs" / Path(args.config).stem
@@ -62,9 +62,12 @@ def cmd_run(args) -> None:
     results = run_experiment(config, out)
     summary = summarize(results, config.metrics)
     summary.to_csv(out / "summary.csv", index=False)
-    for variant in summary["variant"].unique():
-        print(f"\n{variant}: {' / '.join(config.metrics)} (%, mean±std over {config.n_sets} support sets)")
-        print(to_markdown(pivot_text(summary, config.metrics, variant)))
+    variants = list(summary["variant"].unique())
+    print(f"\n{' / '.join(config.metrics)} (%, mean±std over {config.n_sets} support sets)")
+    print(to_markdown(side_by_side(summary, config.metrics, variants)))
+    if "untrained" in variants:
+        gain = mean_difference(summary, config.metrics[0], "regad", "untrained")
+        print(f"\nregad - untrained, mean {config.metrics[0]}: " + ", ".join(f"K={k}: {100 * d:+.1f}" for k, d in gain.items()))
     print(f"\nwall time: {time.perf_counter() - tic:.0f} s; results in {out}")
 
 

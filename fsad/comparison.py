@@ -48,10 +48,9 @@ from fsad.config import RegADConfig, resolve_device
 from fsad.data.loading import load_images
 from fsad.data.mvtec import Category, list_categories, load_category
 from fsad.data.support_sets import support_samples
-from fsad.evaluation import PIXEL_METRICS, TestSet, metrics_of
+from fsad.evaluation import TestSet, metrics_of
 from fsad.experiment import ExperimentConfig, resolve_dataset, support_sets_for
 from fsad.methods import SPADE, FewShotMethod, PaDiM, PatchCore, RegADL, RegADMethod, ResAD, ResADSettings, Scores
-from fsad.metrics import f1_max, image_auroc
 from fsad.models.backbones import build_backbone
 from fsad.reports import pivot_text, summarize, to_markdown
 from fsad.seed import seed_everything
@@ -257,18 +256,7 @@ class MemoryMonitor:
 
 def method_metrics(scores: Scores, test: TestSet, metrics: Sequence[str]) -> dict[str, float]:
     """Image metrics from the method's image scores, pixel metrics from its maps (NaN without masks)."""
-    image = scores.image.numpy()
-    out = {}
-    for name in metrics:
-        if name == "image_auroc":
-            out[name] = image_auroc(test.labels, image)
-        elif name == "f1_max":
-            out[name] = f1_max(test.labels, image)
-        elif name in PIXEL_METRICS:
-            out.update(metrics_of(scores.maps, test, [name]))
-        else:
-            raise ValueError(f"fsad/comparison.py: unknown metric {name!r}")
-    return out
+    return metrics_of(scores.maps, test, metrics, image=scores.image)
 
 
 def _example_index(test: TestSet) -> int:

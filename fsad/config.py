@@ -21,7 +21,8 @@ class RegADConfig:
         backbone: Name in ``fsad.models.backbones.BACKBONES``.
         pretrained: Load ImageNet weights (``False`` only for tests).
         normalize: Apply the backbone's ImageNet mean/std (the official code does not).
-        stn_mode: Transform family of the STNs.
+        stn_mode: Transform family of the STNs (``fsad.models.stn.STN_MODES``), or ``"none"``
+            for no STN at all (the ablation "backbone + Siamese only").
         image_size: Square input size (plain resize, no crop).
         epochs: Training epochs; the LAST epoch's weights are used (no test-set selection).
         batch_size: Queries per batch, all of one category.

@@ -82,9 +82,14 @@ def score_maps(gaussian: Gaussian, features: torch.Tensor, config: RegADConfig, 
     return torch.cat(maps)
 
 
-def metrics_of(maps: torch.Tensor, test: TestSet, metrics: Sequence[str]) -> dict[str, float]:
-    """The requested metrics; pixel metrics are NaN for a category without masks."""
-    scores = image_scores(maps).numpy()
+def metrics_of(maps: torch.Tensor, test: TestSet, metrics: Sequence[str], image: torch.Tensor | None = None) -> dict[str, float]:
+    """The requested metrics; pixel metrics are NaN for a category without masks.
+
+    Args:
+        maps: N x S x S anomaly maps.
+        image: N image scores where a method defines its own; ``None``: each map's maximum.
+    """
+    scores = (image_scores(maps) if image is None else image).numpy()
     out: dict[str, float] = {}
     for name in metrics:
         if name == "image_auroc":

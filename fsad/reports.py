@@ -64,6 +64,19 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+
+def side_by_side(summary: pd.DataFrame, metrics: Sequence[str], variants: Sequence[str]) -> pd.DataFrame:
+    """Category rows x (K, variant) columns: each variant's ``pivot_text`` cells next to the others'."""
+    tables = {v: pivot_text(summary, metrics, v) for v in variants}
+    columns = {f"{k} {v}": tables[v][k] for k in tables[variants[0]].columns for v in variants}
+    return pd.DataFrame(columns)
+
+
+def mean_difference(summary: pd.DataFrame, metric: str, variant: str, reference: str) -> pd.Series:
+    """``variant`` minus ``reference`` on the ``mean`` row's ``metric``, per K (in the metric's units)."""
+    means = summary[summary["category"] == MEAN_ROW].pivot(index="shots", columns="variant", values=f"{metric}_mean")
+    return means[variant] - means[reference]
+
 # ---- Table 1 of the paper: category x K, image / pixel AUROC, optionally beside the paper's numbers.
 
 TABLE1_METRICS = ("image_auroc", "pixel_auroc")

@@ -33,3 +33,20 @@ def test_ablations_on_toy(toy_root, tmp_path):
     assert (tmp_path / "models" / "none" / "disc" / "regad.pt").is_file()
     table = ablation_table(results, ("image_auroc", "pixel_auroc"))
     assert list(table.columns) == ["K=1", "K=2"]
+
+
+def test_shared_support_sets_are_read_not_rewritten(toy_root, tmp_path):
+    from fsad.ablations import _support_sets
+    from fsad.data.mvtec import load_category
+    from fsad.data.support_sets import load_support_sets, make_support_sets, save_support_sets
+
+    disc = load_category(toy_root, "disc")
+    shared = tmp_path / "shared"
+    save_support_sets(shared / "disc.json", disc, make_support_sets(disc, (2,), 3, seed=0), 0)
+    before = (shared / "disc.json").read_bytes()
+    config = AblationConfig(dataset=str(toy_root), n_sets=2, support_seed=0, support_dir=str(shared))
+    sets = _support_sets(disc, config, (1, 2), tmp_path / "out")
+    assert (shared / "disc.json").read_bytes() == before  # the pipeline's data_prep output is untouched
+    assert sets[2] == load_support_sets(shared / "disc.json", disc)[2][:2]
+    assert sets[1] == make_support_sets(disc, (1,), 2, seed=0)[1]  # drawn as data_prep would
+    assert (tmp_path / "out" / "support_sets" / "disc.json").is_file()
