@@ -20,7 +20,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ import yaml
 
 from fsad.checkpoint import build_model, load_model
 from fsad.comparison import comparison_table, method_metrics
-from fsad.config import RegADConfig
+from fsad.config import RegADConfig, settings_of
 from fsad.data.loading import load_images
 from fsad.data.mvtec import list_categories, load_category
 from fsad.data.support_sets import load_support_sets, support_samples
@@ -78,15 +77,7 @@ class AblationConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> AblationConfig:
         """Build from a mapping (e.g. the ``ablations`` section of params.yaml); unknown keys are errors."""
-        values = dict(values)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"{source}: unknown ablation setting(s) {unknown}; known: {sorted(known)}")
-        values["regad"] = RegADConfig.from_dict(values.get("regad", {}), source=f"{source}: regad")
-        for key in ("categories", "shots", "k_sweep", "metrics", "stn_modes"):
-            if values.get(key) is not None:
-                values[key] = tuple(values[key])
+        values = settings_of(cls, values, source, "ablation", tuples=("categories", "shots", "k_sweep", "metrics", "stn_modes"))
         bad = sorted(set(values.get("stn_modes", ())) - set(STN_MODES))
         if bad:
             raise ValueError(f"{source}: unknown STN mode(s) {bad}; choose from {sorted(STN_MODES)}")

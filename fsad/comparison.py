@@ -24,7 +24,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import pickle
@@ -44,7 +43,7 @@ import torch
 import yaml
 
 from fsad.checkpoint import build_model, load_model
-from fsad.config import RegADConfig, resolve_device
+from fsad.config import RegADConfig, resolve_device, settings_of
 from fsad.data.loading import load_images
 from fsad.data.mvtec import Category, list_categories, load_category
 from fsad.data.support_sets import support_samples
@@ -105,15 +104,7 @@ class ComparisonConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> ComparisonConfig:
         """Build from a mapping (e.g. the ``baselines`` section of params.yaml); unknown keys are errors."""
-        values = dict(values)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"{source}: unknown comparison setting(s) {unknown}; known: {sorted(known)}")
-        values["regad"] = RegADConfig.from_dict(values.get("regad", {}), source=f"{source}: regad")
-        for key in ("categories", "shots", "metrics", "methods"):
-            if values.get(key) is not None:
-                values[key] = tuple(values[key])
+        values = settings_of(cls, values, source, "comparison", tuples=("categories", "shots", "metrics", "methods"))
         missing = sorted(set(values.get("methods", ())) - set(METHODS))
         if missing:
             raise ValueError(f"{source}: unknown method(s) {missing}; choose from {sorted(METHODS)}")

@@ -10,6 +10,25 @@ from typing import Any
 import yaml
 
 
+def settings_of(cls: type, values: dict[str, Any], source: str, what: str, tuples: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``values`` checked against the dataclass ``cls``'s fields, ready for ``cls(**...)``.
+
+    An unknown key is an error naming ``source``, the key and the known ones; the keys in
+    ``tuples`` become tuples (YAML gives lists); a ``regad`` section becomes a ``RegADConfig``.
+    """
+    values = dict(values)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{source}: unknown {what} setting(s) {unknown}; known: {sorted(known)}")
+    if "regad" in known:
+        values["regad"] = RegADConfig.from_dict(values.get("regad", {}), source=f"{source}: regad")
+    for key in tuples:
+        if values.get(key) is not None:
+            values[key] = tuple(values[key])
+    return values
+
+
 @dataclass(frozen=True)
 class RegADConfig:
     """Every setting of one RegAD run. Defaults are the CPU-sized run on MobileNetV2.
@@ -63,11 +82,7 @@ class RegADConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> RegADConfig:
         """Build from a mapping; an unknown key is an error naming it and the known ones."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"{source}: unknown RegAD setting(s) {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        return cls(**settings_of(cls, values, source, "RegAD"))
 
     @classmethod
     def from_yaml(cls, path: str | Path, section: str | None = None) -> RegADConfig:

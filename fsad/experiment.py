@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ import pandas as pd
 import yaml
 
 from fsad.checkpoint import build_model, load_model
-from fsad.config import RegADConfig
+from fsad.config import RegADConfig, settings_of
 from fsad.data.elpv import build_elpv_dataset
 from fsad.data.mvtec import Category, list_categories, load_category
 from fsad.data.support_sets import load_support_sets, make_support_sets, save_support_sets
@@ -94,15 +93,7 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> ExperimentConfig:
-        values = dict(values)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"{source}: unknown experiment setting(s) {unknown}; known: {sorted(known)}")
-        values["regad"] = RegADConfig.from_dict(values.get("regad", {}), source=f"{source}: regad")
-        for key in ("categories", "shots", "metrics"):
-            if values.get(key) is not None:
-                values[key] = tuple(values[key])
+        values = settings_of(cls, values, source, "experiment", tuples=("categories", "shots", "metrics"))
         return cls(**values)
 
     @classmethod
