@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
+import dataclasses
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -88,7 +87,7 @@ def main() -> None:
     args = parser.parse_args()
 
     config = ExperimentConfig.from_yaml(args.config)
-    config = ExperimentConfig(**{**config.__dict__, "shots": tuple(args.shots), "n_sets": args.sets})
+    config = dataclasses.replace(config, shots=tuple(args.shots), n_sets=args.sets)
     device = resolve_device(config.regad.device)
     category = load_category(resolve_dataset(config.dataset), args.category)
     sets = support_sets_for(category, config, Path(args.run) / "support_sets")
