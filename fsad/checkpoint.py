@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from fsad.config import RegADConfig
+from fsad.io import atomic_path
 from fsad.models.backbones import build_backbone
 from fsad.models.regad import RegAD
 
@@ -20,16 +19,8 @@ ARCHITECTURE_KEYS = ("backbone", "stn_mode", "image_size", "normalize")
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
     """``torch.save`` to a temporary file beside ``path``, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_checkpoint(path: Path, expected: RegADConfig | None = None) -> dict[str, Any]:

@@ -16,13 +16,13 @@ import csv
 import importlib.metadata
 import importlib.util
 import json
-import os
 import shutil
-import uuid
 import zlib
 from pathlib import Path
 
 import numpy as np
+
+from fsad.io import atomic_dir
 
 PACKAGE = "elpv_dataset"
 DISTRIBUTION = "elpv-dataset"
@@ -172,10 +172,7 @@ def build_elpv_dataset(out_root: Path, n_train: int = 120, n_test_good: int = 30
     selections = {category: _select(rows, category, n_train, n_test_good, n_test_defect, seed)
                   for category in CATEGORIES}
 
-    out_root.parent.mkdir(parents=True, exist_ok=True)
-    partial = out_root.parent / f".{out_root.name}.partial-{uuid.uuid4().hex[:12]}"
-    partial.mkdir()
-    try:
+    with atomic_dir(out_root) as partial:
         sources = []
         for category, by_folder in selections.items():
             for (split, defect), files in by_folder.items():
@@ -195,10 +192,4 @@ def build_elpv_dataset(out_root: Path, n_train: int = 120, n_test_good: int = 30
                   for category, by_folder in selections.items()}
         (partial / "README.md").write_text(_readme(parameters, counts))
         (partial / BUILD_FILE).write_text(json.dumps(parameters, indent=2) + "\n")
-        if out_root.is_dir():
-            out_root.rmdir()  # empty (checked above); rename cannot replace a folder on all systems
-        os.rename(partial, out_root)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     return out_root

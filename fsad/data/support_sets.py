@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import operator
-import os
-import uuid
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from fsad.data.mvtec import Category, Sample
+from fsad.io import write_text_atomic
 
 
 def _relative(category: Category, sample: Sample) -> str:
@@ -76,16 +75,9 @@ def save_support_sets(path: Path, category: Category, sets: dict[int, list[list[
         sets: As returned by :func:`make_support_sets`.
         seed: The seed they were drawn with, kept for the record.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     document = {"category": category.name, "seed": seed,
                 "sets": {str(shot): sets[shot] for shot in sorted(sets)}}
-    partial = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:12]}")
-    try:
-        partial.write_text(json.dumps(document, indent=1) + "\n")
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    write_text_atomic(path, json.dumps(document, indent=1) + "\n")
 
 
 def load_support_sets(path: Path, category: Category | None = None) -> dict[int, list[list[str]]]:

@@ -14,15 +14,14 @@ Example:
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from fsad.io import atomic_dir
 
 DEFECTS = ("colour", "texture")
 BUILD_FILE = "build.json"
@@ -198,19 +197,9 @@ def make_toy_dataset(root: Path, categories: Sequence[str] = ("disc", "ring", "s
             return root
         raise FileExistsError(f"fsad/data/toy.py: {root} is not empty and holds no toy build with "
                               f"these arguments; delete it or choose an empty folder")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    # mkdir (not tempfile.mkdtemp, which makes it private to the user) keeps the umask's mode.
-    partial = root.parent / f".{root.name}.partial-{uuid.uuid4().hex[:12]}"
-    partial.mkdir()
-    try:
+    with atomic_dir(root) as partial:
         for name in categories:
             _write_category(partial / name, name, n_train, n_test_good, n_test_defect, size, seed,
                             with_masks)
         (partial / BUILD_FILE).write_text(json.dumps(parameters, indent=2) + "\n")
-        if root.is_dir():
-            root.rmdir()  # empty (checked above); rename cannot replace a folder in all systems
-        os.rename(partial, root)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     return root
