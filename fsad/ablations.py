@@ -5,12 +5,16 @@ the same support sets and test images:
 - ``stn_<mode>``: the model trained with each STN transform family;
   ``stn_rotation_scale`` is the default RegAD;
 - ``no_stn``: the backbone + Siamese head trained without any STN (``stn_mode="none"``);
+- ``frozen_bn``: the default model trained with the backbone's ImageNet batch-norm
+  statistics kept (``freeze_backbone_bn``; not in the paper: our diagnosis of RegAD on
+  fsad-mini, ``benchmarks/registration_diagnosis.py``);
 - ``untrained``: registration training off: ImageNet features + 22 support views + Gaussian;
 - ``no_augmentation``: the default model without the 22 support views;
 - ``k_sweep``: the default model at K in ``k_sweep`` (16 only where a category has >= 16
-  train images; K = 1 works thanks to the views).
-Models train leave-one-category-out under ``models_dir/<stn mode>/<category>/`` (the
-default mode's models of ``fsad.experiment`` are reused through ``regad_models``).
+  train images; K = 1 works thanks to the views). Its K values shared with ``shots`` are
+  the default variant's rows, not scored twice.
+Models train leave-one-category-out under ``models_dir/<stn mode>[-frozen_bn]/<category>/``
+(the default mode's models of ``fsad.experiment`` are reused through ``regad_models``).
 
 Example:
     >>> config = AblationConfig(dataset="toy", stn_modes=("rotation_scale", "affine"), n_sets=2)
@@ -37,6 +41,7 @@ from fsad.data.mvtec import list_categories, load_category
 from fsad.data.support_sets import load_support_sets, support_samples
 from fsad.evaluation import TestSet
 from fsad.experiment import ExperimentConfig, resolve_dataset, support_sets_for
+from fsad.io import write_csv_atomic
 from fsad.methods.regad import RegADMethod
 from fsad.models.regad import RegAD
 from fsad.models.stn import NO_STN, STN_MODES
@@ -91,38 +96,44 @@ class AblationConfig:
 
 @dataclass(frozen=True)
 class Variant:
-    """One ablation: the model it scores (``stn_mode``, trained or not), its test-time settings and K."""
+    """One ablation: the model it scores (``stn_mode``, trained or not, batch norm frozen or not), its test-time settings and K."""
 
     name: str
     stn_mode: str
     trained: bool
     augment_support: bool
     shots: tuple[int, ...]
+    freeze_backbone_bn: bool = False
+
+    @property
+    def model_key(self) -> tuple[str, bool, bool]:
+        return self.stn_mode, self.trained, self.freeze_backbone_bn
 
 
 def ablation_variants(config: AblationConfig) -> list[Variant]:
-    """Every variant of ``config``, the default RegAD's STN mode first."""
+    """Every variant of ``config``: the default RegAD first, the other STN modes (the costly ones) last."""
     default = config.regad.stn_mode
-    modes = sorted(config.stn_modes, key=lambda m: m != default)
     return [
-        *(Variant(f"stn_{m}", m, True, True, config.shots) for m in modes),
+        Variant(f"stn_{default}", default, True, True, config.shots),
         Variant("no_stn", NO_STN, True, True, config.shots),
+        Variant("frozen_bn", default, True, True, config.shots, freeze_backbone_bn=not config.regad.freeze_backbone_bn),
         Variant("untrained", default, False, True, config.shots),
         Variant("no_augmentation", default, True, False, config.shots),
         Variant("k_sweep", default, True, True, config.k_sweep),
+        *(Variant(f"stn_{m}", m, True, True, config.shots) for m in config.stn_modes if m != default),
     ]
 
 
 def _model(variant: Variant, config: AblationConfig, target: str, others, models_dir: Path, progress: bool) -> RegAD:
     """The variant's network: untrained, reused from ``regad_models``, or trained (resumable) here."""
-    settings = config.regad.replace(stn_mode=variant.stn_mode)
+    settings = config.regad.replace(stn_mode=variant.stn_mode, freeze_backbone_bn=variant.freeze_backbone_bn)
     if not variant.trained:
         seed_everything(settings.seed)
         return build_model(settings).eval()
     reused = Path(config.regad_models or "") / target / MODEL_NAME
-    if config.regad_models and variant.stn_mode == config.regad.stn_mode and reused.is_file():
+    if config.regad_models and settings == config.regad and reused.is_file():
         return load_model(reused, expected=settings)[0]
-    folder = models_dir / variant.stn_mode / target
+    folder = models_dir / (variant.stn_mode + ("-frozen_bn" if variant.freeze_backbone_bn else "")) / target
     if not (folder / MODEL_NAME).is_file():
         train_regad(others, settings, folder, progress=progress)
     return load_model(folder / MODEL_NAME, expected=settings)[0]
@@ -158,16 +169,20 @@ def run_ablations(config: AblationConfig, out_dir: Path, models_dir: Path | None
     names = list_categories(root)
     size = config.regad.image_size
     variants = ablation_variants(config)
-    rows = []
+    data = {}
     for target in config.categories or names:
         category = load_category(root, target)
         shots = sorted(k for k in {*config.shots, *config.k_sweep} if k <= len(category.train))
-        sets = _support_sets(category, config, shots, out_dir)
         others = [load_category(root, c) for c in names if c != target]
-        test = TestSet.load(category, size)
-        models: dict[tuple[str, bool], RegAD] = {}
-        for variant in variants:
-            key = (variant.stn_mode, variant.trained)
+        data[target] = category, _support_sets(category, config, shots, out_dir), others, TestSet.load(category, size)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    models: dict[tuple, RegAD] = {}
+    rows = []
+    # Variant by variant, every category each, results.csv rewritten after each: a run cut
+    # short still has whole variants, the default and the cheap ones first.
+    for variant in variants:
+        for target, (category, sets, others, test) in data.items():
+            key = (*variant.model_key, target)
             if key not in models:
                 models[key] = _model(variant, config, target, others, models_dir, progress)
             method = RegADMethod(models[key], config.regad.replace(augment_support=variant.augment_support), name=variant.name)
@@ -175,16 +190,19 @@ def run_ablations(config: AblationConfig, out_dir: Path, models_dir: Path | None
             for k in (k for k in variant.shots if k in sets):
                 if k < 2 and not variant.augment_support:
                     continue  # one image without views has no covariance
+                if variant.name == "k_sweep" and k in config.shots:  # the default variant scored this K on the same sets
+                    default = f"stn_{config.regad.stn_mode}"
+                    rows += [{**row, "variant": variant.name} for row in rows
+                             if row["variant"] == default and row["category"] == target and row["shots"] == k]
+                    continue
                 for i, paths in enumerate(sets[k]):
                     method.fit(load_images(support_samples(category, paths), size))
                     scores = method.score_embedded(embedded)
                     rows.append({"variant": variant.name, "stn_mode": variant.stn_mode, "category": target, "shots": k,
                                  "support_set": i, **method_metrics(scores, test, config.metrics)})
             log.info("%s %s done", target, variant.name)
-    results = pd.DataFrame(rows)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results.to_csv(out_dir / "results.csv", index=False)
-    return results
+        write_csv_atomic(out_dir / "results.csv", pd.DataFrame(rows))
+    return pd.DataFrame(rows)
 
 
 def ablation_table(results: pd.DataFrame, metrics: Sequence[str], categories: bool = False) -> pd.DataFrame:

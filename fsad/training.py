@@ -120,7 +120,8 @@ def train_regad(
     names = [c.name for c in categories]
     state = load_checkpoint(checkpoint_path, expected=config) if resume and checkpoint_path.is_file() else None
     if state is not None:
-        saved, wanted = training_settings(state["config"]), training_settings(config)
+        saved = training_settings(RegADConfig.from_dict(state["config"], source=str(checkpoint_path)))  # older files lack newer keys
+        wanted = training_settings(config)
         changed = sorted(k for k in wanted if saved.get(k) != wanted[k])
         if state["train_categories"] != names:
             changed.append("training categories")
@@ -145,7 +146,7 @@ def train_regad(
     # Nothing left to train (a finished run resumed): skip decoding the training images.
     images = [load_images(c.train, config.image_size, desc=f"load {c.name}") for c in categories] if start_epoch < config.epochs else []
     for epoch in range(start_epoch, config.epochs):
-        model.train()
+        model.train(freeze_backbone_bn=config.freeze_backbone_bn)
         batches = epoch_batches([len(x) for x in images], config, epoch)
         losses, seen, tic = [], 0, time.perf_counter()
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)

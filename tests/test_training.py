@@ -90,3 +90,31 @@ def test_checkpoint_of_another_architecture_is_refused(train_categories, tmp_pat
         load_model(tmp_path / MODEL_NAME, expected=TINY.replace(backbone="resnet18"))
     model, config = load_model(tmp_path / MODEL_NAME, expected=TINY)
     assert config.stn_mode == "rotation_scale" and not model.training
+
+
+def _backbone_bn_means(model) -> list[torch.Tensor]:
+    return [m.running_mean.clone() for m in model.backbone.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_freeze_backbone_bn_keeps_the_imagenet_statistics(train_categories, tmp_path, freeze):
+    from fsad.checkpoint import build_model
+
+    config = TINY.replace(epochs=1, freeze_backbone_bn=freeze)
+    torch.manual_seed(0)
+    before = _backbone_bn_means(build_model(config))
+    trained = train_regad(train_categories, config, tmp_path, progress=False)
+    after = _backbone_bn_means(trained)
+    kept = all(torch.equal(a, b) for a, b in zip(before, after))
+    assert kept == freeze
+    stn_bn = [m for m in trained.stns.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert stn_bn and all(m.num_batches_tracked > 0 for m in stn_bn)  # the STNs' own batch norms still learn
+
+
+def test_checkpoint_without_newer_settings_resumes(train_categories, tmp_path):
+    train_regad(train_categories, TINY.replace(epochs=1), tmp_path, progress=False)
+    state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
+    del state["config"]["freeze_backbone_bn"]  # a file written before the setting existed
+    torch.save(state, tmp_path / CHECKPOINT_NAME)
+    train_regad(train_categories, TINY, tmp_path, progress=False)
+    assert [h["epoch"] for h in torch.load(tmp_path / MODEL_NAME, weights_only=True)["history"]] == [1, 2]

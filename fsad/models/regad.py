@@ -45,6 +45,16 @@ class RegAD(nn.Module):
         self.encoder = Encoder(backbone.channels[-1])
         self.predictor = Predictor(backbone.channels[-1])
 
+    def train(self, mode: bool = True, freeze_backbone_bn: bool = False) -> RegAD:
+        """``nn.Module.train``; with ``freeze_backbone_bn`` the backbone's batch norms stay in eval
+        mode, so training keeps their ImageNet running statistics."""
+        super().train(mode)
+        if mode and freeze_backbone_bn:
+            for module in self.backbone.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
+
     @property
     def feature_dim(self) -> int:
         """Channels of ``registered_features``: the three stages concatenated."""

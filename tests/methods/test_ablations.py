@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from fsad.ablations import AblationConfig, ablation_table, ablation_variants, run_ablations
 from fsad.config import RegADConfig
@@ -10,11 +11,13 @@ def test_variants_cover_the_paper_ablations():
     names = [v.name for v in variants]
     assert names[0] == "stn_affine"  # the default mode first
     assert {f"stn_{m}" for m in STN_MODES} <= set(names)
-    assert {"no_stn", "untrained", "no_augmentation", "k_sweep"} <= set(names)
+    assert {"no_stn", "frozen_bn", "untrained", "no_augmentation", "k_sweep"} <= set(names)
     by_name = {v.name: v for v in variants}
     assert by_name["no_stn"].stn_mode == "none" and by_name["no_stn"].trained
     assert not by_name["untrained"].trained and not by_name["no_augmentation"].augment_support
     assert by_name["k_sweep"].shots == (1, 2, 4, 8, 16)
+    assert by_name["frozen_bn"].freeze_backbone_bn and by_name["frozen_bn"].stn_mode == "affine"
+    assert sum(v.freeze_backbone_bn for v in variants) == 1
 
 
 def test_unknown_mode_is_an_error():
@@ -28,9 +31,16 @@ def test_ablations_on_toy(toy_root, tmp_path):
                             regad=RegADConfig(image_size=64, epochs=1, batch_size=8, pretrained=False, device="cpu"))
     results = run_ablations(config, tmp_path, progress=False)
     variants = set(results["variant"])
-    assert variants == {"stn_rotation_scale", "stn_translation", "no_stn", "untrained", "no_augmentation", "k_sweep"}
+    assert variants == {"stn_rotation_scale", "stn_translation", "no_stn", "frozen_bn", "untrained", "no_augmentation", "k_sweep"}
     assert set(results.loc[results["variant"] == "k_sweep", "shots"]) == {1, 2}  # toy has 12 train images: no K=16
     assert (tmp_path / "models" / "none" / "disc" / "regad.pt").is_file()
+    assert (tmp_path / "models" / "rotation_scale-frozen_bn" / "disc" / "regad.pt").is_file()
+    metric = results.set_index(["variant", "shots"])["image_auroc"]
+    assert metric[("k_sweep", 2)] == metric[("stn_rotation_scale", 2)]  # shared K: the default variant's rows
+    frozen, default = (torch.load(tmp_path / "models" / m / "disc" / "regad.pt", weights_only=True)["model"]
+                       for m in ("rotation_scale-frozen_bn", "rotation_scale"))
+    stats = [k for k in frozen if k.startswith("backbone.") and k.endswith("running_mean")]
+    assert stats and not all(torch.equal(frozen[k], default[k]) for k in stats)  # toy AUROC saturates: compare the models
     table = ablation_table(results, ("image_auroc", "pixel_auroc"))
     assert list(table.columns) == ["K=1", "K=2"]
 
