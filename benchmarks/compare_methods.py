@@ -25,7 +25,7 @@ import torch
 import yaml
 
 from fsad.comparison import (DEFAULT_METHODS, ComparisonConfig, comparison_table, cost_table, load_examples, plot_example_maps,
-                             run_comparison, table_markdown)
+                             run_comparison, run_costs, table_markdown)
 from fsad.reports import to_markdown
 
 
@@ -49,6 +49,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("runs/compare"))
     parser.add_argument("--include", nargs="*", type=Path, default=[],
                         help="output folders of other runs on the same support sets, merged into the tables")
+    parser.add_argument("--no-costs", action="store_true", help="skip the cost measurement (e.g. runs sharing the machine)")
+    parser.add_argument("--costs-only", action="store_true",
+                        help="only measure every method's costs (fresh process each, first category, largest K) into --out")
     parser.add_argument("--tables-only", action="store_true", help="do not run: print the tables of --out (and --include)")
     return parser.parse_args()
 
@@ -56,11 +59,14 @@ def parse_args() -> argparse.Namespace:
 def read_runs(folders: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
     """Results, costs, training records and example maps of several runs on the same support sets, methods in registry order."""
     order = {name: i for i, name in enumerate(DEFAULT_METHODS)}
-    results = pd.concat([pd.read_csv(f / "results.csv") for f in folders]).sort_values("method", key=lambda m: m.map(order), kind="stable")
-    costs = pd.concat([pd.read_csv(f / "costs.csv") for f in folders if (f / "costs.csv").is_file()])
-    training = pd.concat([pd.read_csv(f / "training.csv") for f in folders])
-    examples = load_examples(folders[0])
-    for folder in folders[1:]:
+    def every(name: str) -> pd.DataFrame:
+        return pd.concat([pd.read_csv(f / name) for f in folders if (f / name).is_file()])
+
+    results = every("results.csv").sort_values("method", key=lambda m: m.map(order), kind="stable")
+    costs, training = every("costs.csv"), every("training.csv")
+    with_maps = [f for f in folders if (f / "examples.pt").is_file()]
+    examples = load_examples(with_maps[0])
+    for folder in with_maps[1:]:
         examples["maps"].update(load_examples(folder)["maps"])
     examples["maps"] = dict(sorted(examples["maps"].items(), key=lambda item: order.get(item[0], len(order))))
     return results, costs.sort_values("method", key=lambda m: m.map(order), kind="stable"), training, examples
@@ -79,7 +85,11 @@ def main() -> None:
         "dataset": args.dataset, "categories": args.categories, "shots": args.shots, "n_sets": args.n_sets,
         "methods": args.methods, "metrics": args.metrics, "regad": regad, "regad_models": args.regad_models,
         "support_dir": args.support_dir, "resad": {"steps": args.resad_steps}, "regad_l": {"epochs": args.regad_l_epochs},
+        "measure_costs": not args.no_costs,
     })
+    if args.costs_only:
+        print(to_markdown(cost_table(run_costs(config, args.out))))
+        return
     if not args.tables_only:
         tic = time.perf_counter()
         run_comparison(config, args.out, progress=False)

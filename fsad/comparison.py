@@ -9,7 +9,8 @@ does not depend on the support set) and scored against every support set.
 
 Costs are measured in the same run: for the first target category, every method is fitted
 on its largest-K first support set and scores ``cost_images`` test images from raw pixels
-(embedding included), in a fresh process per method (``measure_cost``).
+(embedding included), in a fresh process per method (``measure_cost``); ``run_costs``
+does only that, to time every method back to back on an idle machine.
 
 Outputs in ``out_dir``: ``results.csv`` (method, category, shots, support_set, metrics),
 ``costs.csv``, ``training.csv`` (training time, and for ResAD where its anomalies came
@@ -49,6 +50,7 @@ from fsad.data.mvtec import Category, list_categories, load_category
 from fsad.data.support_sets import support_samples
 from fsad.evaluation import TestSet, metrics_of
 from fsad.experiment import ExperimentConfig, resolve_dataset, support_sets_for
+from fsad.io import write_csv_atomic
 from fsad.methods import SPADE, FewShotMethod, PaDiM, PatchCore, RegADL, RegADMethod, ResAD, ResADSettings, Scores
 from fsad.models.backbones import build_backbone
 from fsad.reports import pivot_text, summarize, to_markdown
@@ -299,6 +301,42 @@ def measure_cost(ctx: Context, name: str, support: torch.Tensor, images: torch.T
         return pickle.loads(Path(f"{job}.out").read_bytes())
 
 
+def _cost_row(ctx: Context, name: str, shots: tuple[int, int], support: torch.Tensor, test_images: torch.Tensor) -> dict[str, Any]:
+    """One row of ``costs.csv``: ``measure_cost`` on the first ``cost_images`` test images, with what was measured."""
+    images = test_images[: ctx.config.cost_images]
+    return {"method": name, "category": ctx.target.name, "shots": shots[0], "images": len(images), "image_size": ctx.config.regad.image_size,
+            "device": ctx.device, "threads": torch.get_num_threads(), **measure_cost(ctx, name, support, images)}
+
+
+def run_costs(config: ComparisonConfig, out_dir: Path, models_dir: Path | None = None) -> pd.DataFrame:
+    """Only the cost measurement of ``run_comparison``, for every method; writes ``out_dir/costs.csv``.
+
+    For timing every method back to back on an otherwise idle machine, apart from the long
+    accuracy runs. Methods that train are built first (trained where ``models_dir`` or
+    ``regad_models`` has no model), so the measured process only loads them.
+    """
+    out_dir = Path(out_dir)
+    models_dir = Path(models_dir) if models_dir else out_dir / "models"
+    root = resolve_dataset(config.dataset)
+    names = list_categories(root)
+    target = (config.categories or names)[0]
+    category = load_category(root, target)
+    sets = support_sets_for(category, config.experiment(), Path(config.support_dir) if config.support_dir else out_dir / "support_sets")
+    largest = (max(sets), 0)
+    support = load_images(support_samples(category, sets[largest[0]][0]), config.regad.image_size)
+    others = [load_category(root, c) for c in names if c != target]
+    test = TestSet.load(category, config.regad.image_size)
+    rows = []
+    for name in config.methods:
+        METHODS[name](Context(config, category, others, models_dir, False))
+        rows.append(_cost_row(Context(config, category, others, models_dir, False), name, largest, support, test.images))
+        log.info("%s cost measured", name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    costs = pd.DataFrame(rows)
+    write_csv_atomic(out_dir / "costs.csv", costs)
+    return costs
+
+
 def run_comparison(config: ComparisonConfig, out_dir: Path, models_dir: Path | None = None, progress: bool = True) -> pd.DataFrame:
     """Run every method on every target category and support set; write the CSV files.
 
@@ -318,7 +356,6 @@ def run_comparison(config: ComparisonConfig, out_dir: Path, models_dir: Path | N
     names = list_categories(root)
     targets = list(config.categories or names)
     support_dir = Path(config.support_dir) if config.support_dir else out_dir / "support_sets"
-    device = resolve_device(config.regad.device)
     size = config.regad.image_size
     rows, costs, training = [], [], []
     examples: dict[str, Any] = {}
@@ -351,9 +388,7 @@ def run_comparison(config: ComparisonConfig, out_dir: Path, models_dir: Path | N
                 if target == shown and (k, i) == largest:
                     examples["maps"][name] = scores.maps[example]
             if position == 0 and config.measure_costs:
-                cost = measure_cost(Context(config, category, others, models_dir, False), name, supports[largest], test.images[: config.cost_images])
-                costs.append({"method": name, "category": target, "shots": largest[0], "images": min(config.cost_images, len(test.images)),
-                              "image_size": size, "device": device, "threads": torch.get_num_threads(), **cost})
+                costs.append(_cost_row(Context(config, category, others, models_dir, False), name, largest, supports[largest], test.images))
             log.info("%s %s done", target, name)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = pd.DataFrame(rows)

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from fsad.comparison import DEFAULT_METHODS, ComparisonConfig, MemoryMonitor, comparison_table, cost_table, method_metrics, run_comparison
+from fsad.comparison import DEFAULT_METHODS, ComparisonConfig, MemoryMonitor, comparison_table, cost_table, method_metrics, run_comparison, run_costs
 from fsad.config import RegADConfig
 from fsad import evaluation
 from fsad.methods.base import Scores
@@ -69,3 +69,11 @@ def test_costs_are_measured_per_method(toy_root, tmp_path):
     costs = cost_table(pd.read_csv(tmp_path / "costs.csv"))
     assert list(costs.index) == ["regad", "patchcore"] and (costs["ms_per_image"] > 0).all()
     assert (costs["peak_mib"] > 0).all() and (costs["process_peak_mib"] > costs["peak_mib"]).all()
+
+
+def test_run_costs_measures_only_the_costs(toy_root, tmp_path):
+    costs = run_costs(toy_config(toy_root, methods=("padim",)), tmp_path)
+    assert costs["method"].tolist() == ["padim"] and costs["category"].tolist() == ["ring"]
+    assert costs["shots"].tolist() == [2] and costs["images"].tolist() == [4]
+    assert (costs["ms_per_image"] > 0).all() and (costs["peak_mib"] > 0).all()
+    assert pd.read_csv(tmp_path / "costs.csv").equals(costs) and not (tmp_path / "results.csv").exists()
