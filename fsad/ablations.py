@@ -7,7 +7,8 @@ the same support sets and test images:
 - ``no_stn``: the backbone + Siamese head trained without any STN (``stn_mode="none"``);
 - ``frozen_bn``: the default model trained with the backbone's ImageNet batch-norm
   statistics kept (``freeze_backbone_bn``; not in the paper: our diagnosis of RegAD on
-  fsad-mini, ``benchmarks/registration_diagnosis.py``);
+  fsad-mini, ``benchmarks/registration_diagnosis.py``; ``trained_bn`` when the default
+  already freezes them);
 - ``untrained``: registration training off: ImageNet features + 22 support views + Gaussian;
 - ``no_augmentation``: the default model without the 22 support views;
 - ``k_sweep``: the default model at K in ``k_sweep`` (16 only where a category has >= 16
@@ -112,11 +113,12 @@ class Variant:
 
 def ablation_variants(config: AblationConfig) -> list[Variant]:
     """Every variant of ``config``: the default RegAD first, the other STN modes (the costly ones) last."""
-    default = config.regad.stn_mode
+    default, frozen = config.regad.stn_mode, config.regad.freeze_backbone_bn
     return [
         Variant(f"stn_{default}", default, True, True, config.shots),
         Variant("no_stn", NO_STN, True, True, config.shots),
-        Variant("frozen_bn", default, True, True, config.shots, freeze_backbone_bn=not config.regad.freeze_backbone_bn),
+        # the batch-norm switch flipped: named for what the variant does
+        Variant("trained_bn" if frozen else "frozen_bn", default, True, True, config.shots, freeze_backbone_bn=not frozen),
         Variant("untrained", default, False, True, config.shots),
         Variant("no_augmentation", default, True, False, config.shots),
         Variant("k_sweep", default, True, True, config.k_sweep),

@@ -18,6 +18,8 @@ def test_variants_cover_the_paper_ablations():
     assert by_name["k_sweep"].shots == (1, 2, 4, 8, 16)
     assert by_name["frozen_bn"].freeze_backbone_bn and by_name["frozen_bn"].stn_mode == "affine"
     assert sum(v.freeze_backbone_bn for v in variants) == 1
+    flipped = {v.name: v for v in ablation_variants(AblationConfig(regad=RegADConfig(freeze_backbone_bn=True)))}
+    assert "frozen_bn" not in flipped and not flipped["trained_bn"].freeze_backbone_bn
 
 
 def test_unknown_mode_is_an_error():
