@@ -221,12 +221,17 @@ def plot_ablations(results: pd.DataFrame, metric: str = "image_auroc", path: Pat
 
     summary = summarize(results.drop(columns="stn_mode"), [metric])
     mean = summary[summary["category"] == MEAN_ROW]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.5))
-    for shots, part in mean[mean["variant"] != "k_sweep"].groupby("shots"):
-        left.errorbar(part["variant"], 100 * part[f"{metric}_mean"], yerr=100 * part[f"{metric}_std"], fmt="o", capsize=3, label=f"K={shots}")
+    order = {name: i for i, name in enumerate(results["variant"].unique())}  # the run's order: the default first
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [2.5, 1]})
+    for offset, (shots, part) in zip((-0.2, 0, 0.2, 0.4), mean[mean["variant"] != "k_sweep"].groupby("shots")):
+        part = part.sort_values("variant", key=lambda v: v.map(order))
+        x = part["variant"].map(order).to_numpy() + offset  # side by side, not on top of each other
+        left.errorbar(x, 100 * part[f"{metric}_mean"], yerr=100 * part[f"{metric}_std"], fmt="o", capsize=3, label=f"K={shots}")
+    names = [n for n in order if n != "k_sweep"]
+    left.set_xticks([order[n] for n in names], names, rotation=45, ha="right")
     left.set_ylabel(f"{metric} (%)")
-    left.tick_params(axis="x", rotation=70)
-    left.legend()
+    left.grid(axis="y", alpha=0.3)
+    left.legend(loc="lower left", fontsize="small")
     sweep = mean[mean["variant"] == "k_sweep"]
     right.errorbar(sweep["shots"], 100 * sweep[f"{metric}_mean"], yerr=100 * sweep[f"{metric}_std"], fmt="o-", capsize=3)
     right.set_xscale("log", base=2)

@@ -56,11 +56,12 @@ def pivot_text(summary: pd.DataFrame, metrics: Sequence[str], variant: str, scal
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table (no extra dependency)."""
+    """A GitHub-flavoured Markdown table (no extra dependency); missing values are written ``-``."""
     header = [table.index.name or "", *map(str, table.columns)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for index, row in table.iterrows():
-        lines.append("| " + " | ".join([str(index), *map(str, row.values)]) + " |")
+        cells = ["-" if pd.isna(v) else str(v) for v in row.values]
+        lines.append("| " + " | ".join([str(index), *cells]) + " |")
     return "\n".join(lines)
 
 

@@ -30,3 +30,13 @@ def test_mean_difference_per_k(summary):
     gain = mean_difference(summary, "image_auroc", "regad", "untrained")
     assert list(gain.index) == [2, 4]
     assert gain.tolist() == pytest.approx([0.1, 0.1])
+
+
+def test_markdown_writes_missing_values_as_a_dash():
+    import numpy as np
+    import pandas as pd
+
+    from fsad.reports import to_markdown
+
+    text = to_markdown(pd.DataFrame({"K=1": [np.nan, "70.0±1.0"], "note": [None, "x"]}, index=["a", "b"]))
+    assert text.splitlines()[2:] == ["| a | - | - |", "| b | 70.0±1.0 | x |"]

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fsad.ablations import AblationConfig, ablation_table, ablation_variants, run_ablations
+from fsad.ablations import AblationConfig, ablation_table, ablation_variants, plot_ablations, run_ablations
 from fsad.config import RegADConfig
 from fsad.models.stn import STN_MODES
 
@@ -45,6 +45,10 @@ def test_ablations_on_toy(toy_root, tmp_path):
     assert stats and not all(torch.equal(frozen[k], default[k]) for k in stats)  # toy AUROC saturates: compare the models
     table = ablation_table(results, ("image_auroc", "pixel_auroc"))
     assert list(table.columns) == ["K=1", "K=2"]
+    figure = plot_ablations(results, "image_auroc", tmp_path / "figures" / "ablations.png")
+    labels = [t.get_text() for t in figure.axes[0].get_xticklabels()]
+    assert labels[0] == "stn_rotation_scale" and "k_sweep" not in labels and len(labels) == len(variants) - 1
+    assert (tmp_path / "figures" / "ablations.png").stat().st_size > 0
 
 
 def test_shared_support_sets_are_read_not_rewritten(toy_root, tmp_path):
