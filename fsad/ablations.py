@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from fsad.checkpoint import build_model, load_model
 from fsad.comparison import comparison_table, method_metrics
@@ -88,11 +87,6 @@ class AblationConfig:
         if bad:
             raise ValueError(f"{source}: unknown STN mode(s) {bad}; choose from {sorted(STN_MODES)}")
         return cls(**values)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, section: str | None = None) -> AblationConfig:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        return cls.from_dict(data[section] if section else data, source=str(path))
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 
 from fsad.checkpoint import build_model, load_model
 from fsad.config import RegADConfig, resolve_device, settings_of
@@ -111,11 +110,6 @@ class ComparisonConfig:
         if missing:
             raise ValueError(f"{source}: unknown method(s) {missing}; choose from {sorted(METHODS)}")
         return cls(**values)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, section: str | None = None) -> ComparisonConfig:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        return cls.from_dict(data[section] if section else data, source=str(path))
 
     def experiment(self) -> ExperimentConfig:
         """The ``ExperimentConfig`` that fixes the same support sets as ``fsad.experiment``."""
