@@ -41,7 +41,7 @@ from fsad.data.mvtec import list_categories, load_category
 from fsad.data.support_sets import load_support_sets, support_samples
 from fsad.evaluation import TestSet
 from fsad.experiment import ExperimentConfig, resolve_dataset, support_sets_for
-from fsad.io import write_csv_atomic
+from fsad.io import save_figure_atomic, write_csv_atomic
 from fsad.methods.regad import RegADMethod
 from fsad.models.regad import RegAD
 from fsad.models.stn import NO_STN, STN_MODES
@@ -171,7 +171,6 @@ def run_ablations(config: AblationConfig, out_dir: Path, models_dir: Path | None
         shots = sorted(k for k in {*config.shots, *config.k_sweep} if k <= len(category.train))
         others = [load_category(root, c) for c in names if c != target]
         data[target] = category, _support_sets(category, config, shots, out_dir), others, TestSet.load(category, size)
-    out_dir.mkdir(parents=True, exist_ok=True)
     models: dict[tuple, RegAD] = {}
     rows = []
     # Variant by variant, every category each, results.csv rewritten after each: a run cut
@@ -233,8 +232,7 @@ def plot_ablations(results: pd.DataFrame, metric: str = "image_auroc", path: Pat
     right.set_title("k_sweep")
     fig.tight_layout()
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
+        save_figure_atomic(fig, path)
     return fig
 
 

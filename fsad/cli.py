@@ -54,6 +54,7 @@ def cmd_train(args) -> None:
 
 def cmd_run(args) -> None:
     from fsad.experiment import ExperimentConfig, run_experiment
+    from fsad.io import write_csv_atomic
     from fsad.reports import mean_difference, side_by_side, summarize, to_markdown
 
     config = ExperimentConfig.from_yaml(args.config)
@@ -61,7 +62,7 @@ def cmd_run(args) -> None:
     tic = time.perf_counter()
     results = run_experiment(config, out)
     summary = summarize(results, config.metrics)
-    summary.to_csv(out / "summary.csv", index=False)
+    write_csv_atomic(out / "summary.csv", summary)
     variants = list(summary["variant"].unique())
     print(f"\n{' / '.join(config.metrics)} (%, mean±std over {config.n_sets} support sets)")
     print(to_markdown(side_by_side(summary, config.metrics, variants)))

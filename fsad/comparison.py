@@ -42,14 +42,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fsad.checkpoint import build_model, load_model
+from fsad.checkpoint import build_model, load_model, save_atomic
 from fsad.config import RegADConfig, resolve_device, settings_of
 from fsad.data.loading import load_images
 from fsad.data.mvtec import Category, list_categories, load_category
 from fsad.data.support_sets import support_samples
 from fsad.evaluation import TestSet, metrics_of
 from fsad.experiment import ExperimentConfig, resolve_dataset, support_sets_for
-from fsad.io import write_csv_atomic
+from fsad.io import save_figure_atomic, write_csv_atomic
 from fsad.methods import SPADE, FewShotMethod, PaDiM, PatchCore, RegADL, RegADMethod, ResAD, ResADSettings, Scores
 from fsad.models.backbones import build_backbone
 from fsad.reports import pivot_text, summarize, to_markdown
@@ -302,6 +302,14 @@ def _cost_row(ctx: Context, name: str, shots: tuple[int, int], support: torch.Te
             "device": ctx.device, "threads": torch.get_num_threads(), **measure_cost(ctx, name, support, images)}
 
 
+def _load_target(config: ComparisonConfig, root: Path, names: list[str], target: str, support_dir: Path):
+    """The target category, its support sets (made once, then read from ``support_dir``), the training categories and the test set."""
+    category = load_category(root, target)
+    sets = support_sets_for(category, config.experiment(), support_dir)
+    others = [load_category(root, c) for c in names if c != target]
+    return category, sets, others, TestSet.load(category, config.regad.image_size)
+
+
 def run_costs(config: ComparisonConfig, out_dir: Path, models_dir: Path | None = None) -> pd.DataFrame:
     """Only the cost measurement of ``run_comparison``, for every method; writes ``out_dir/costs.csv``.
 
@@ -313,19 +321,16 @@ def run_costs(config: ComparisonConfig, out_dir: Path, models_dir: Path | None =
     models_dir = Path(models_dir) if models_dir else out_dir / "models"
     root = resolve_dataset(config.dataset)
     names = list_categories(root)
-    target = (config.categories or names)[0]
-    category = load_category(root, target)
-    sets = support_sets_for(category, config.experiment(), Path(config.support_dir) if config.support_dir else out_dir / "support_sets")
+    support_dir = Path(config.support_dir) if config.support_dir else out_dir / "support_sets"
+    category, sets, others, test = _load_target(config, root, names, (config.categories or names)[0], support_dir)
     largest = (max(sets), 0)
     support = load_images(support_samples(category, sets[largest[0]][0]), config.regad.image_size)
-    others = [load_category(root, c) for c in names if c != target]
-    test = TestSet.load(category, config.regad.image_size)
     rows = []
     for name in config.methods:
-        METHODS[name](Context(config, category, others, models_dir, False))
-        rows.append(_cost_row(Context(config, category, others, models_dir, False), name, largest, support, test.images))
+        ctx = Context(config, category, others, models_dir, False)
+        METHODS[name](ctx)  # trains here if needed, so the measured process only loads
+        rows.append(_cost_row(ctx, name, largest, support, test.images))
         log.info("%s cost measured", name)
-    out_dir.mkdir(parents=True, exist_ok=True)
     costs = pd.DataFrame(rows)
     write_csv_atomic(out_dir / "costs.csv", costs)
     return costs
@@ -356,11 +361,8 @@ def run_comparison(config: ComparisonConfig, out_dir: Path, models_dir: Path | N
     # The figure's example comes from the first target with masks (the costs from the first target).
     shown = next((t for t in targets if load_category(root, t).has_masks), targets[0])
     for position, target in enumerate(targets):
-        category = load_category(root, target)
-        sets = support_sets_for(category, config.experiment(), support_dir)
+        category, sets, others, test = _load_target(config, root, names, target, support_dir)
         supports = {(k, i): load_images(support_samples(category, paths), size) for k in sorted(sets) for i, paths in enumerate(sets[k])}
-        others = [load_category(root, c) for c in names if c != target]
-        test = TestSet.load(category, size)
         largest = (max(sets), 0)
         example = _example_index(test)
         if target == shown:
@@ -384,13 +386,12 @@ def run_comparison(config: ComparisonConfig, out_dir: Path, models_dir: Path | N
             if position == 0 and config.measure_costs:
                 costs.append(_cost_row(Context(config, category, others, models_dir, False), name, largest, supports[largest], test.images))
             log.info("%s %s done", target, name)
-    out_dir.mkdir(parents=True, exist_ok=True)
     results = pd.DataFrame(rows)
-    results.to_csv(out_dir / "results.csv", index=False)
+    write_csv_atomic(out_dir / "results.csv", results)
     if costs:
-        pd.DataFrame(costs).to_csv(out_dir / "costs.csv", index=False)
-    pd.DataFrame(training).to_csv(out_dir / "training.csv", index=False)
-    torch.save(examples, out_dir / "examples.pt")
+        write_csv_atomic(out_dir / "costs.csv", pd.DataFrame(costs))
+    write_csv_atomic(out_dir / "training.csv", pd.DataFrame(training))
+    save_atomic(examples, out_dir / "examples.pt")
     return results
 
 
@@ -449,10 +450,9 @@ def plot_example_maps(examples: dict[str, Any], path: Path | None = None):
     fig.suptitle(f"K = {examples['shots']}, support set 0", fontsize=9)
     fig.tight_layout()
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
+        save_figure_atomic(fig, path)
     return fig
 
 
 __all__ = ["DEFAULT_METHODS", "METHODS", "ComparisonConfig", "MemoryMonitor", "comparison_table", "cost_table",
-           "load_examples", "method_metrics", "plot_example_maps", "run_comparison", "table_markdown"]
+           "load_examples", "method_metrics", "plot_example_maps", "run_comparison", "run_costs", "table_markdown"]

@@ -29,6 +29,7 @@ from fsad.data.mvtec import Category, list_categories, load_category
 from fsad.data.support_sets import load_support_sets, make_support_sets, save_support_sets
 from fsad.data.toy import make_toy_dataset
 from fsad.evaluation import TestSet, evaluate_category
+from fsad.io import write_csv_atomic
 from fsad.paths import DATA_DIR, FSAD_MINI_DIR, ROOT
 from fsad.seed import seed_everything
 from fsad.training import MODEL_NAME, train_regad
@@ -153,9 +154,8 @@ def run_experiment(config: ExperimentConfig, out_dir: Path, progress: bool = Tru
             timings.append({"category": target, "variant": "untrained", "shots": None, "train_seconds": 0.0, "eval_seconds": time.perf_counter() - tic})
         log.info("%s done", target)
     results = pd.DataFrame(rows)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results.to_csv(out_dir / "results.csv", index=False)
-    pd.DataFrame(timings).to_csv(out_dir / "timings.csv", index=False)
+    write_csv_atomic(out_dir / "results.csv", results)
+    write_csv_atomic(out_dir / "timings.csv", pd.DataFrame(timings))
     return results
 
 

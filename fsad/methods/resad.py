@@ -44,6 +44,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from fsad.anomaly_map import anomaly_map, image_scores
+from fsad.checkpoint import save_atomic
 from fsad.data.loading import load_images, load_masks
 from fsad.data.mvtec import Category
 from fsad.data.synthesis import AnomalySynthesizer, textures_from_folder
@@ -281,10 +282,8 @@ class ResAD(FewShotMethod):
 
     def save(self, path: Path, settings: ResADSettings, sources: dict[str, str]) -> None:
         """Write the head, the settings and the anomaly sources to ``path``."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"head": self.head.state_dict(), "settings": settings.to_dict(), "sources": sources,
-                    "backbone": self.backbone.name, "image_size": self.image_size}, path)
+        save_atomic({"head": self.head.state_dict(), "settings": settings.to_dict(), "sources": sources,
+                     "backbone": self.backbone.name, "image_size": self.image_size}, Path(path))
 
     def load(self, path: Path) -> dict:
         """Load a head saved by ``save``; returns the saved record (settings, sources)."""
