@@ -1,6 +1,6 @@
 """The RegAD ablations on one data set: the table, the figure and the wall time.
 
-Runs ``fsad.ablations.run_ablations`` (each STN mode, no STN, frozen backbone batch norm,
+Runs ``fsad.study.ablations.run_ablations`` (each STN mode, no STN, frozen backbone batch norm,
 registration training off, no support augmentation, the K sweep; all on the same support
 sets and test images) and prints the table (variants x K, category mean and per category,
 image AUROC / pixel AUROC / AUPRO in %, mean +- std over support sets) and the wall time.
@@ -23,9 +23,14 @@ import pandas as pd
 import torch
 import yaml
 
-from fsad.ablations import AblationConfig, ablation_table, plot_ablations, run_ablations
-from fsad.comparison import table_markdown
-from fsad.models.stn import STN_MODES
+from fsad.methods.regad.stn import STN_MODES
+from fsad.study.ablations import (
+    AblationConfig,
+    ablation_table,
+    plot_ablations,
+    run_ablations,
+)
+from fsad.study.comparison import table_markdown
 
 
 def parse_args() -> argparse.Namespace:

@@ -1,6 +1,6 @@
 """RegAD and its peers on one data set: the comparison table, costs and wall time.
 
-Runs ``fsad.comparison.run_comparison`` (same support sets, backbone, image size and
+Runs ``fsad.study.comparison.run_comparison`` (same support sets, backbone, image size and
 metrics for every method; leave-one-category-out training for RegAD and ResAD) and prints
 the table (methods x K, category mean, image AUROC / pixel AUROC / AUPRO in %, mean +- std
 over support sets), the per-category table, the costs, and the wall time. RegAD models
@@ -24,9 +24,18 @@ import pandas as pd
 import torch
 import yaml
 
-from fsad.comparison import (DEFAULT_METHODS, ComparisonConfig, comparison_table, cost_table, load_examples, plot_example_maps,
-                             run_comparison, run_costs, table_markdown)
-from fsad.reports import to_markdown
+from fsad.reporting.tables import to_markdown
+from fsad.study.comparison import (
+    DEFAULT_METHODS,
+    ComparisonConfig,
+    comparison_table,
+    cost_table,
+    load_examples,
+    plot_example_maps,
+    run_comparison,
+    run_costs,
+    table_markdown,
+)
 
 
 def parse_args() -> argparse.Namespace:

@@ -30,15 +30,15 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from fsad.checkpoint import build_model, load_model
 from fsad.config import resolve_device
 from fsad.data.loading import as_float
 from fsad.data.mvtec import load_category
-from fsad.evaluation import TestSet, evaluate_category
-from fsad.experiment import ExperimentConfig, resolve_dataset, support_sets_for
-from fsad.models.stn import compose_theta
+from fsad.methods.regad.checkpoint import build_model, load_model
+from fsad.methods.regad.stn import compose_theta
+from fsad.methods.regad.training import MODEL_NAME
 from fsad.seed import seed_everything
-from fsad.training import MODEL_NAME
+from fsad.study.evaluation import TestSet, evaluate_category
+from fsad.study.experiment import ExperimentConfig, resolve_dataset, support_sets_for
 
 
 def hybrids(trained: torch.nn.Module, untrained: torch.nn.Module) -> dict[str, torch.nn.Module]:

@@ -3,7 +3,7 @@
 1. Scoring: the official RegAD code (inherited from PaDiM) fits and scores the
    per-position Gaussians in a Python loop: for each feature-map position, ``np.cov`` +
    eps * I, ``np.linalg.inv``, then ``scipy.spatial.distance.mahalanobis`` per test
-   image. This script times that loop and ``fsad.gaussian.fit_gaussian`` +
+   image. This script times that loop and ``fsad.components.gaussian.fit_gaussian`` +
    ``mahalanobis`` on the same features, checks they agree, and prints the ratio.
 2. Training and inference images per second of the default backbone's RegAD, and the
    process's peak memory (peak RSS on a CPU, peak allocated memory on a GPU).
@@ -24,9 +24,9 @@ import torch
 from scipy.spatial.distance import mahalanobis as scipy_mahalanobis
 from threadpoolctl import threadpool_limits
 
-from fsad.checkpoint import build_model
+from fsad.components.gaussian import fit_gaussian, mahalanobis
 from fsad.config import RegADConfig, resolve_device
-from fsad.gaussian import fit_gaussian, mahalanobis
+from fsad.methods.regad.checkpoint import build_model
 
 EPS = 0.01  # the official code's ridge
 

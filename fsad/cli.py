@@ -12,14 +12,14 @@ from fsad.paths import ROOT
 
 
 def cmd_weights(args) -> None:
-    from fsad.models.backbones import resolve_weights
+    from fsad.components.backbones import resolve_weights
 
     for name in args.names:
         print(f"{name}: {resolve_weights(name)}")
 
 
 def cmd_data(args) -> None:
-    from fsad.experiment import EMBEDDED
+    from fsad.study.experiment import EMBEDDED
 
     out = Path(args.out)
     EMBEDDED[args.name](out)
@@ -29,7 +29,7 @@ def cmd_data(args) -> None:
 def cmd_support_sets(args) -> None:
     from fsad.data.mvtec import list_categories, load_category
     from fsad.data.support_sets import make_support_sets, save_support_sets
-    from fsad.experiment import resolve_dataset
+    from fsad.study.experiment import resolve_dataset
 
     root = resolve_dataset(args.data)
     for name in args.categories or list_categories(root):
@@ -42,8 +42,8 @@ def cmd_support_sets(args) -> None:
 def cmd_train(args) -> None:
     from fsad.config import RegADConfig
     from fsad.data.mvtec import list_categories, load_category
-    from fsad.experiment import resolve_dataset
-    from fsad.training import train_regad
+    from fsad.methods.regad.training import train_regad
+    from fsad.study.experiment import resolve_dataset
 
     config = RegADConfig.from_yaml(args.config, section="regad") if args.config else RegADConfig()
     root = resolve_dataset(args.data)
@@ -53,9 +53,14 @@ def cmd_train(args) -> None:
 
 
 def cmd_run(args) -> None:
-    from fsad.experiment import ExperimentConfig, run_experiment
     from fsad.io import write_csv_atomic
-    from fsad.reports import mean_difference, side_by_side, summarize, to_markdown
+    from fsad.reporting.tables import (
+        mean_difference,
+        side_by_side,
+        summarize,
+        to_markdown,
+    )
+    from fsad.study.experiment import ExperimentConfig, run_experiment
 
     config = ExperimentConfig.from_yaml(args.config)
     out = Path(args.out) if args.out else ROOT / "runs" / Path(args.config).stem

@@ -37,10 +37,10 @@ class RegADConfig:
     batch 32, lr 1e-4, no input normalisation).
 
     Attributes:
-        backbone: Name in ``fsad.models.backbones.BACKBONES``.
+        backbone: Name in ``fsad.components.backbones.BACKBONES``.
         pretrained: Load ImageNet weights (``False`` only for tests).
         normalize: Apply the backbone's ImageNet mean/std (the official code does not).
-        stn_mode: Transform family of the STNs (``fsad.models.stn.STN_MODES``), or ``"none"``
+        stn_mode: Transform family of the STNs (``fsad.methods.regad.stn.STN_MODES``), or ``"none"``
             for no STN at all (the ablation "backbone + Siamese only").
         image_size: Square input size (plain resize, no crop).
         epochs: Training epochs; the LAST epoch's weights are used (no test-set selection).

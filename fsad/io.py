@@ -71,6 +71,14 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def save_atomic(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename: never a half-written file."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     with atomic_path(path) as tmp:
@@ -108,4 +116,4 @@ def save_figure_atomic(figure, path: str | Path, dpi: int = 120) -> Path:
     return Path(path)
 
 
-__all__ = ["atomic_dir", "atomic_path", "save_figure_atomic", "write_csv_atomic", "write_json_atomic", "write_text_atomic"]
+__all__ = ["atomic_dir", "atomic_path", "save_atomic", "save_figure_atomic", "write_csv_atomic", "write_json_atomic", "write_text_atomic"]

@@ -1,4 +1,4 @@
-"""Few-shot anomaly detectors compared with RegAD under one harness (``fsad.comparison``).
+"""Few-shot anomaly detectors compared with RegAD under one harness (``fsad.study.comparison``).
 
 Every method implements ``fsad.methods.base.FewShotMethod``: ``fit`` on K support images,
 ``score`` test images into anomaly maps and image scores.
@@ -7,7 +7,7 @@ Every method implements ``fsad.methods.base.FewShotMethod``: ``fit`` on K suppor
 from fsad.methods.base import FewShotMethod, Scores
 from fsad.methods.padim import PaDiM
 from fsad.methods.patchcore import PatchCore
-from fsad.methods.regad import RegADMethod
+from fsad.methods.regad.detector import RegADMethod
 from fsad.methods.regad_l import RegADL
 from fsad.methods.resad import ResAD, ResADSettings
 from fsad.methods.spade import SPADE

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from fsad.components.backbones import FeatureExtractor
 from fsad.data.loading import as_float
-from fsad.models.backbones import FeatureExtractor
 
 # What ``embed`` returns: tensors whose first dimension indexes the images.
 Embedding = tuple[torch.Tensor, ...]

@@ -18,11 +18,19 @@ from __future__ import annotations
 
 import torch
 
-from fsad.anomaly_map import anomaly_map, image_scores
-from fsad.augment import support_views
-from fsad.gaussian import Gaussian, fit_gaussian, mahalanobis
-from fsad.methods.base import Embedding, FewShotMethod, Scores, batched, concat_stages, frozen, to_float
-from fsad.models.backbones import FeatureExtractor
+from fsad.components.anomaly_map import anomaly_map, image_scores
+from fsad.components.backbones import FeatureExtractor
+from fsad.components.gaussian import Gaussian, fit_gaussian, mahalanobis
+from fsad.components.views import support_views
+from fsad.methods.base import (
+    Embedding,
+    FewShotMethod,
+    Scores,
+    batched,
+    concat_stages,
+    frozen,
+    to_float,
+)
 
 
 def random_channels(total: int, count: int, seed: int) -> torch.Tensor:

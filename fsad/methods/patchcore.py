@@ -23,9 +23,17 @@ import math
 import torch
 import torch.nn.functional as F
 
-from fsad.anomaly_map import anomaly_map
-from fsad.methods.base import Embedding, FewShotMethod, Scores, batched, frozen, nearest_distances, positions
-from fsad.models.backbones import FeatureExtractor
+from fsad.components.anomaly_map import anomaly_map
+from fsad.components.backbones import FeatureExtractor
+from fsad.methods.base import (
+    Embedding,
+    FewShotMethod,
+    Scores,
+    batched,
+    frozen,
+    nearest_distances,
+    positions,
+)
 
 
 def greedy_coreset(features: torch.Tensor, count: int, projection_dim: int | None = 128, seed: int = 0) -> torch.Tensor:

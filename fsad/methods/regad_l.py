@@ -3,7 +3,7 @@
 The RegAD paper's "individual training" setting (https://arxiv.org/abs/2207.07361):
 instead of learning registration on other categories, every support set trains
 its own network, with the same Siamese registration loss, optimisers and schedule
-(``fsad.training``), on query/support pairs drawn among its K images (each query's
+(``fsad.methods.regad.training``), on query/support pairs drawn among its K images (each query's
 supports come from the other K - 1 images, with replacement). The trained network then
 scores exactly like RegAD. As the network changes with the support set, so do the test
 features (``embedding_depends_on_support``).
@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import torch
 
-from fsad.checkpoint import build_model
 from fsad.config import RegADConfig
 from fsad.methods.base import to_float
-from fsad.methods.regad import RegADMethod
+from fsad.methods.regad.checkpoint import build_model
+from fsad.methods.regad.detector import RegADMethod
+from fsad.methods.regad.training import epoch_batches, make_optimizers
 from fsad.seed import seed_everything
-from fsad.training import epoch_batches, make_optimizers
 
 
 class RegADL(RegADMethod):

@@ -10,7 +10,7 @@ ResAD therefore learns, on other categories, a class-agnostic model of normal re
    pulls normal residuals into a hypersphere around 0 and keeps abnormal ones outside
    (here: mean squared norm per channel for normal positions, squared hinge
    ``relu(1 - rms(z))^2`` for abnormal ones);
-3. distribution estimator: a normalising flow per stage (``fsad.methods.flow.Flow``,
+3. distribution estimator: a normalising flow per stage (``fsad.components.flow.Flow``,
    unconditional here), trained by maximum likelihood on normal positions plus a
    boundary term pushing abnormal positions' negative log-likelihood above the 90 %
    quantile of the normal ones by ``margin`` nats per channel (after BGAD's
@@ -43,14 +43,22 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from fsad.anomaly_map import anomaly_map, image_scores
-from fsad.checkpoint import save_atomic
+from fsad.components.anomaly_map import anomaly_map, image_scores
+from fsad.components.backbones import FeatureExtractor
+from fsad.components.flow import Flow
 from fsad.data.loading import load_images, load_masks
 from fsad.data.mvtec import Category
 from fsad.data.synthesis import AnomalySynthesizer, textures_from_folder
-from fsad.methods.base import Embedding, FewShotMethod, Scores, batched, frozen, nearest_distances, positions
-from fsad.methods.flow import Flow
-from fsad.models.backbones import FeatureExtractor
+from fsad.io import save_atomic
+from fsad.methods.base import (
+    Embedding,
+    FewShotMethod,
+    Scores,
+    batched,
+    frozen,
+    nearest_distances,
+    positions,
+)
 from fsad.paths import DTD_MINI_DIR
 
 

@@ -20,9 +20,18 @@ from __future__ import annotations
 
 import torch
 
-from fsad.anomaly_map import anomaly_map
-from fsad.methods.base import Embedding, FewShotMethod, Scores, batched, concat_stages, frozen, nearest_distances, positions
-from fsad.models.backbones import FeatureExtractor
+from fsad.components.anomaly_map import anomaly_map
+from fsad.components.backbones import FeatureExtractor
+from fsad.methods.base import (
+    Embedding,
+    FewShotMethod,
+    Scores,
+    batched,
+    concat_stages,
+    frozen,
+    nearest_distances,
+    positions,
+)
 
 
 class SPADE(FewShotMethod):

@@ -25,10 +25,10 @@ from fsad.data.mvtec import Category, list_categories, load_category
 from fsad.data.official_support import import_official_support
 from fsad.data.support_sets import make_support_sets, save_support_sets
 from fsad.io import atomic_dir, write_json_atomic
-from fsad.paper import benchmark_of
+from fsad.paths import ROOT
 from fsad.pipeline import layout
 from fsad.pipeline.manifest import dataset_root
-from fsad.paths import ROOT
+from fsad.reporting.paper import benchmark_of
 
 SUPPORT_SOURCES = ("draw", "official")
 # The seed recorded in support-set files imported from the official RegAD files (not drawn).

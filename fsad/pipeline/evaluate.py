@@ -1,6 +1,6 @@
 """Stage ``evaluate@<category>``: every support set of every K scored, per-category metrics written.
 
-The metrics come from :func:`fsad.evaluation.evaluate_category`, the function ``fsad run``
+The metrics come from :func:`fsad.study.evaluation.evaluate_category`, the function ``fsad run``
 uses too. For the figures, the first support set of every K is scored once more and its
 anomaly maps kept: per-image scores (ROC curves) and the best and worst test images.
 
@@ -18,18 +18,24 @@ from typing import Any
 import pandas as pd
 import torch
 
-from fsad.anomaly_map import image_scores
-from fsad.checkpoint import build_model, load_model
+from fsad.components.anomaly_map import image_scores
 from fsad.config import RegADConfig, resolve_device
 from fsad.data.loading import load_images
 from fsad.data.mvtec import Category
 from fsad.data.support_sets import support_samples
-from fsad.evaluation import TestSet, evaluate_category, extract_features, fit_support, score_maps
 from fsad.io import write_csv_atomic, write_json_atomic
-from fsad.models.regad import RegAD
+from fsad.methods.regad.checkpoint import build_model, load_model
+from fsad.methods.regad.network import RegAD
 from fsad.pipeline import layout
 from fsad.pipeline.manifest import prepared_category, prepared_support_sets
 from fsad.seed import seed_everything
+from fsad.study.evaluation import (
+    TestSet,
+    evaluate_category,
+    extract_features,
+    fit_support,
+    score_maps,
+)
 
 FIGURE_SET = 0  # the support set whose maps the figures show (the same one for every K)
 

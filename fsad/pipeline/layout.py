@@ -48,7 +48,9 @@ def support_file(category: str) -> Path:
 
 def model_path(category: str) -> Path:
     """RegAD trained on every category but ``category`` (leave-one-out)."""
-    from fsad.training import MODEL_NAME  # imported here: torch stays out of `fsad --help`
+    from fsad.methods.regad.training import (
+        MODEL_NAME,  # imported here: torch stays out of `fsad --help`
+    )
 
     return MODELS_DIR / category / MODEL_NAME
 

@@ -20,11 +20,11 @@ from fsad.pipeline import layout
 def dataset_root(dataset: str) -> Path:
     """The folder of ``dataset`` (a name or a path), building an embedded data set on first use.
 
-    ``fsad.experiment`` is imported here rather than at the top: dvc.yaml declares each
+    ``fsad.study.experiment`` is imported here rather than at the top: dvc.yaml declares each
     stage's module-level imports as its code dependencies, and the data's content is
     tracked by the manifests' checksums, not by the code that locates it.
     """
-    from fsad.experiment import resolve_dataset
+    from fsad.study.experiment import resolve_dataset
 
     return resolve_dataset(dataset)
 

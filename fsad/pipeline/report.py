@@ -17,13 +17,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from fsad.figures import bars_across_k
-from fsad.io import atomic_dir, save_figure_atomic, write_csv_atomic, write_json_atomic, write_text_atomic
-from fsad.paper import BENCHMARKS, paper_numbers
+from fsad.io import (
+    atomic_dir,
+    save_figure_atomic,
+    write_csv_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 from fsad.paths import REPORTS_DIR
 from fsad.pipeline import layout
 from fsad.pipeline.manifest import load_manifest
-from fsad.reports import (
+from fsad.reporting.figures import bars_across_k
+from fsad.reporting.paper import BENCHMARKS, paper_numbers
+from fsad.reporting.tables import (
     MEAN_ROW,
     METRIC_LABELS,
     TABLE1_METRICS,

@@ -20,12 +20,12 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from fsad.augment import ROTATIONS, TRANSLATIONS, support_views
+from fsad.components.views import ROTATIONS, TRANSLATIONS, support_views
 from fsad.config import RegADConfig, resolve_device
 from fsad.data.loading import as_float
-from fsad.evaluation import extract_features
-from fsad.models.regad import RegAD
-from fsad.models.stn import compose_theta, warp
+from fsad.methods.regad.network import RegAD
+from fsad.methods.regad.stn import compose_theta, warp
+from fsad.study.evaluation import extract_features
 
 
 def view_names() -> list[tuple[str, str, float]]:

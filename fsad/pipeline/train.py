@@ -19,10 +19,10 @@ import torch
 
 from fsad.config import RegADConfig, training_settings
 from fsad.data.mvtec import load_category
-from fsad.models.regad import RegAD
+from fsad.methods.regad.network import RegAD
+from fsad.methods.regad.training import CHECKPOINT_NAME, train_regad
 from fsad.pipeline import layout
 from fsad.pipeline.manifest import dataset_root, training_set
-from fsad.training import CHECKPOINT_NAME, train_regad
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fsad.models.backbones import build_backbone
+from fsad.components.backbones import build_backbone
 
 
 @pytest.fixture

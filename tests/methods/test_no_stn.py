@@ -1,10 +1,10 @@
 import torch
 import torch.nn.functional as F
 
-from fsad.checkpoint import build_model
+from fsad.components.backbones import build_backbone
 from fsad.config import RegADConfig
-from fsad.models.backbones import build_backbone
-from fsad.models.regad import RegAD
+from fsad.methods.regad.checkpoint import build_model
+from fsad.methods.regad.network import RegAD
 
 
 def test_no_stn_model_is_backbone_plus_siamese():

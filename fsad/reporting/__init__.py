@@ -1,0 +1,1 @@
+"""Paper-style tables, figures and the paper's own numbers."""

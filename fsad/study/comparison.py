@@ -1,0 +1,468 @@
+"""RegAD and its peers side by side, under one harness.
+
+Every method (``METHODS``) sees the same data reader, the same support sets (the JSON
+files of ``fsad.study.experiment.support_sets_for``), the same backbone and image size, and
+is scored with the same metrics. Methods that learn from other categories (RegAD, ResAD)
+train leave-one-category-out; RegAD-L trains on each support set's K images only.
+For each target category the test set is embedded once per method (when the embedding
+does not depend on the support set) and scored against every support set.
+
+Costs are measured in the same run: for the first target category, every method is fitted
+on its largest-K first support set and scores ``cost_images`` test images from raw pixels
+(embedding included), in a fresh process per method (``measure_cost``); ``run_costs``
+does only that, to time every method back to back on an idle machine.
+
+Outputs in ``out_dir``: ``results.csv`` (method, category, shots, support_set, metrics),
+``costs.csv``, ``training.csv`` (training time, and for ResAD where its anomalies came
+from) and ``examples.pt`` (every method's map of one defective test image of the first
+target with masks, for the figure).
+
+Example:
+    >>> config = ComparisonConfig(dataset="toy", shots=(2,), n_sets=2, regad=RegADConfig(image_size=64, epochs=1))
+    >>> results = run_comparison(config, Path("runs/compare-toy"))  # trained models: runs/compare-toy/models
+    >>> print(comparison_table(results, ("image_auroc", "pixel_auroc")))
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fsad.components.backbones import build_backbone
+from fsad.config import RegADConfig, resolve_device, settings_of
+from fsad.data.loading import load_images
+from fsad.data.mvtec import Category, list_categories, load_category
+from fsad.data.support_sets import support_samples
+from fsad.io import save_atomic, save_figure_atomic, write_csv_atomic
+from fsad.methods import (
+    SPADE,
+    FewShotMethod,
+    PaDiM,
+    PatchCore,
+    RegADL,
+    RegADMethod,
+    ResAD,
+    ResADSettings,
+    Scores,
+)
+from fsad.methods.regad.checkpoint import build_model, load_model
+from fsad.methods.regad.training import MODEL_NAME, train_regad
+from fsad.reporting.tables import pivot_text, summarize, to_markdown
+from fsad.seed import seed_everything
+from fsad.study.evaluation import TestSet, metrics_of
+from fsad.study.experiment import ExperimentConfig, resolve_dataset, support_sets_for
+
+log = logging.getLogger(__name__)
+
+DEFAULT_METHODS = ("regad", "untrained", "spade", "padim", "padim_views", "patchcore", "resad", "regad_l")
+
+
+@dataclass(frozen=True)
+class ComparisonConfig:
+    """Which data, K, support sets and methods; settings of every method.
+
+    Attributes:
+        dataset: ``toy``, ``elpv``, ``fsad-mini`` or a folder (``fsad.study.experiment.resolve_dataset``).
+        categories: Target categories (``None``: all); training uses all the others.
+        shots: The K values.
+        n_sets: Support sets per (category, K).
+        support_seed: Seed of the support-set draw.
+        metrics: ``image_auroc``, ``f1_max``, ``pixel_auroc``, ``aupro``.
+        methods: Names in ``METHODS``.
+        regad: RegAD settings; also the backbone, image size and device of every method.
+        regad_models: Folder holding ``<category>/regad.pt`` made by ``fsad.study.experiment``
+            (reused, not retrained); ``None``: ``out_dir/models``.
+        support_dir: Folder of the support-set JSON files; ``None``: ``out_dir/support_sets``.
+        spade, padim, patchcore: Keyword arguments of the method's class.
+        resad: ``ResADSettings`` fields.
+        regad_l: Keyword arguments of ``RegADL`` (``epochs``, ``pair_shots``).
+        cost_images: Test images scored in the cost measurement.
+        measure_costs: Measure costs (one fresh process per method, seconds each to start).
+    """
+
+    dataset: str = "toy"
+    categories: tuple[str, ...] | None = None
+    shots: tuple[int, ...] = (2, 4, 8)
+    n_sets: int = 10
+    support_seed: int = 0
+    metrics: tuple[str, ...] = ("image_auroc", "pixel_auroc", "aupro")
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    regad: RegADConfig = field(default_factory=RegADConfig)
+    regad_models: str | None = None
+    support_dir: str | None = None
+    spade: dict[str, Any] = field(default_factory=dict)
+    padim: dict[str, Any] = field(default_factory=dict)
+    patchcore: dict[str, Any] = field(default_factory=dict)
+    resad: dict[str, Any] = field(default_factory=dict)
+    regad_l: dict[str, Any] = field(default_factory=dict)
+    cost_images: int = 32
+    measure_costs: bool = True
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> ComparisonConfig:
+        """Build from a mapping (e.g. the ``baselines`` section of params.yaml); unknown keys are errors."""
+        values = settings_of(cls, values, source, "comparison", tuples=("categories", "shots", "metrics", "methods"))
+        missing = sorted(set(values.get("methods", ())) - set(METHODS))
+        if missing:
+            raise ValueError(f"{source}: unknown method(s) {missing}; choose from {sorted(METHODS)}")
+        return cls(**values)
+
+    def experiment(self) -> ExperimentConfig:
+        """The ``ExperimentConfig`` that fixes the same support sets as ``fsad.study.experiment``."""
+        return ExperimentConfig(dataset=self.dataset, shots=self.shots, n_sets=self.n_sets, support_seed=self.support_seed)
+
+
+@dataclass
+class Context:
+    """What a method builder may use: the settings, the target and the training categories."""
+
+    config: ComparisonConfig
+    target: Category
+    others: list[Category]
+    models_dir: Path  # where models trained here go: <models_dir>/<category>/
+    progress: bool
+    notes: dict[str, Any] = field(default_factory=dict)  # recorded in training.csv
+
+    @property
+    def device(self) -> str:
+        return resolve_device(self.config.regad.device)
+
+    def backbone(self):
+        r = self.config.regad
+        return build_backbone(r.backbone, pretrained=r.pretrained, normalize=r.normalize)
+
+
+def _regad(ctx: Context) -> FewShotMethod:
+    """The leave-one-out RegAD model of ``fsad.study.experiment``: reused from ``regad_models``, else trained (resumable)."""
+    r = ctx.config.regad
+    reused = Path(ctx.config.regad_models) / ctx.target.name / MODEL_NAME if ctx.config.regad_models else None
+    # A missing model is trained into models_dir, never into the folder of another run.
+    path = reused if reused is not None and reused.is_file() else ctx.models_dir / ctx.target.name / MODEL_NAME
+    if not path.is_file():
+        train_regad(ctx.others, r, path.parent, progress=ctx.progress)
+        ctx.notes["trained"] = True
+    ctx.notes["model"] = str(path)
+    model, _ = load_model(path, expected=r)
+    return RegADMethod(model, r, name="regad")
+
+
+def _untrained(ctx: Context) -> FewShotMethod:
+    seed_everything(ctx.config.regad.seed)
+    return RegADMethod(build_model(ctx.config.regad).eval(), ctx.config.regad, name="untrained")
+
+
+def _resad(ctx: Context) -> FewShotMethod:
+    """ResAD trained on the other categories (``<models_dir>/<target>/resad.pt``, reused when present)."""
+    method = ResAD(ctx.backbone(), ctx.config.regad.image_size, device=ctx.device)
+    settings = ResADSettings(**{**ctx.config.resad, "train_shots": tuple(ctx.config.resad.get("train_shots", ResADSettings.train_shots))})
+    path = ctx.models_dir / ctx.target.name / "resad.pt"
+    if path.is_file() and torch.load(path, weights_only=True)["settings"] == settings.to_dict():
+        sources = method.load(path)["sources"]
+    else:
+        sources = method.train(ctx.others, settings, progress=ctx.progress)
+        method.save(path, settings, sources)
+        ctx.notes["trained"] = True
+    ctx.notes["anomalies"] = ", ".join(f"{k}: {v}" for k, v in sorted(sources.items()))
+    return method
+
+
+# name -> builder; a builder may train (leave one out) and records what it did in ctx.notes.
+METHODS: dict[str, Callable[[Context], FewShotMethod]] = {
+    "regad": _regad,
+    "untrained": _untrained,
+    "spade": lambda ctx: SPADE(ctx.backbone(), ctx.config.regad.image_size, device=ctx.device, **ctx.config.spade),
+    "padim": lambda ctx: PaDiM(ctx.backbone(), ctx.config.regad.image_size, device=ctx.device, **ctx.config.padim),
+    "padim_views": lambda ctx: PaDiM(ctx.backbone(), ctx.config.regad.image_size, augment_support=True, device=ctx.device, **ctx.config.padim),
+    "patchcore": lambda ctx: PatchCore(ctx.backbone(), ctx.config.regad.image_size, device=ctx.device, **ctx.config.patchcore),
+    "resad": _resad,
+    "regad_l": lambda ctx: RegADL(ctx.config.regad, **ctx.config.regad_l),
+}
+
+
+class MemoryMonitor:
+    """Peak memory added while the ``with`` block runs (``peak_mib``), and the peak total (``process_peak_mib``).
+
+    On CUDA: ``torch.cuda.max_memory_allocated`` above the allocation at entry. On the
+    CPU: the process's resident set size, sampled every 2 ms by a thread (torch releases
+    the GIL in its kernels), above its value at entry; ``ru_maxrss`` cannot be used as it
+    never goes down across methods. NaN where /proc is missing (not Linux).
+
+    Example:
+        >>> with MemoryMonitor("cpu") as monitor:
+        ...     x = torch.ones(2**26)
+        >>> monitor.peak_mib > 200
+        True
+    """
+
+    def __init__(self, device: str, interval: float = 0.002):
+        self.device, self.interval = device, interval
+        self.peak_mib = self.process_peak_mib = float("nan")
+
+    @staticmethod
+    def _rss() -> int | None:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except OSError:
+            return None
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self._peak = max(self._peak, self._rss() or 0)
+            time.sleep(self.interval)
+
+    def __enter__(self) -> MemoryMonitor:
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self._start = torch.cuda.memory_allocated()
+            return self
+        self._start = self._rss()
+        self._peak = self._start or 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            self.process_peak_mib = torch.cuda.max_memory_allocated() / 2**20
+            self.peak_mib = self.process_peak_mib - self._start / 2**20
+            return
+        self._stop.set()
+        self._thread.join()
+        if self._start is not None:
+            self.process_peak_mib = max(self._peak, self._rss() or 0) / 2**20
+            self.peak_mib = self.process_peak_mib - self._start / 2**20
+
+
+def method_metrics(scores: Scores, test: TestSet, metrics: Sequence[str]) -> dict[str, float]:
+    """Image metrics from the method's image scores, pixel metrics from its maps (NaN without masks)."""
+    return metrics_of(scores.maps, test, metrics, image=scores.image)
+
+
+def _example_index(test: TestSet) -> int:
+    """The defective test image with the largest mask (the first defective one without masks)."""
+    defective = np.flatnonzero(test.labels == 1)
+    if not len(defective):
+        return 0
+    areas = test.masks[torch.from_numpy(defective)].sum(dim=(1, 2))
+    return int(defective[int(areas.argmax())])
+
+
+def _cost_worker(job: Path) -> None:
+    """In a fresh process: build the method (trained models load from disk), fit, score raw images.
+
+    ``job`` is a pickle of (Context, method name, support, images, threads); the result is
+    pickled to ``job`` + ``.out``.
+    """
+    ctx, name, support, images, threads = pickle.loads(Path(job).read_bytes())
+    torch.set_num_threads(threads)
+    method = METHODS[name](ctx)
+    with MemoryMonitor(ctx.device) as monitor:
+        tic = time.perf_counter()
+        method.fit(support)
+        fitted = time.perf_counter()
+        method.score(images)
+        done = time.perf_counter()
+    result = {"fit_seconds": fitted - tic, "ms_per_image": 1000 * (done - fitted) / len(images), "peak_mib": monitor.peak_mib,
+              "process_peak_mib": monitor.process_peak_mib}
+    Path(f"{job}.out").write_bytes(pickle.dumps(result))
+
+
+def measure_cost(ctx: Context, name: str, support: torch.Tensor, images: torch.Tensor) -> dict[str, float]:
+    """Fit seconds, inference ms per image and memory of one method, in its own process.
+
+    A fresh Python process per method makes the numbers independent of what ran before:
+    the allocator of a long-lived process keeps freed memory, which hides later peaks.
+    ``peak_mib`` is the memory that fit + scoring add to the loaded method,
+    ``process_peak_mib`` the process's whole peak resident set meanwhile (Python, torch,
+    model, data; on CUDA the peak allocated GPU memory). ``ru_maxrss`` is not used: Linux
+    carries it over ``exec`` from the parent, which would report the parent's size.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        job = Path(folder) / "job.pkl"
+        job.write_bytes(pickle.dumps((ctx, name, support, images, torch.get_num_threads())))
+        code = f"from fsad.study.comparison import _cost_worker; _cost_worker({str(job)!r})"
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"fsad/study/comparison.py: the cost measurement of {name!r} failed:\n{done.stderr[-2000:]}")
+        return pickle.loads(Path(f"{job}.out").read_bytes())
+
+
+def _cost_row(ctx: Context, name: str, shots: tuple[int, int], support: torch.Tensor, test_images: torch.Tensor) -> dict[str, Any]:
+    """One row of ``costs.csv``: ``measure_cost`` on the first ``cost_images`` test images, with what was measured."""
+    images = test_images[: ctx.config.cost_images]
+    return {"method": name, "category": ctx.target.name, "shots": shots[0], "images": len(images), "image_size": ctx.config.regad.image_size,
+            "device": ctx.device, "threads": torch.get_num_threads(), **measure_cost(ctx, name, support, images)}
+
+
+def _load_target(config: ComparisonConfig, root: Path, names: list[str], target: str, support_dir: Path):
+    """The target category, its support sets (made once, then read from ``support_dir``), the training categories and the test set."""
+    category = load_category(root, target)
+    sets = support_sets_for(category, config.experiment(), support_dir)
+    others = [load_category(root, c) for c in names if c != target]
+    return category, sets, others, TestSet.load(category, config.regad.image_size)
+
+
+def run_costs(config: ComparisonConfig, out_dir: Path, models_dir: Path | None = None) -> pd.DataFrame:
+    """Only the cost measurement of ``run_comparison``, for every method; writes ``out_dir/costs.csv``.
+
+    For timing every method back to back on an otherwise idle machine, apart from the long
+    accuracy runs. Methods that train are built first (trained where ``models_dir`` or
+    ``regad_models`` has no model), so the measured process only loads them.
+    """
+    out_dir = Path(out_dir)
+    models_dir = Path(models_dir) if models_dir else out_dir / "models"
+    root = resolve_dataset(config.dataset)
+    names = list_categories(root)
+    support_dir = Path(config.support_dir) if config.support_dir else out_dir / "support_sets"
+    category, sets, others, test = _load_target(config, root, names, (config.categories or names)[0], support_dir)
+    largest = (max(sets), 0)
+    support = load_images(support_samples(category, sets[largest[0]][0]), config.regad.image_size)
+    rows = []
+    for name in config.methods:
+        ctx = Context(config, category, others, models_dir, False)
+        METHODS[name](ctx)  # trains here if needed, so the measured process only loads
+        rows.append(_cost_row(ctx, name, largest, support, test.images))
+        log.info("%s cost measured", name)
+    costs = pd.DataFrame(rows)
+    write_csv_atomic(out_dir / "costs.csv", costs)
+    return costs
+
+
+def run_comparison(config: ComparisonConfig, out_dir: Path, models_dir: Path | None = None, progress: bool = True) -> pd.DataFrame:
+    """Run every method on every target category and support set; write the CSV files.
+
+    Args:
+        config: What to run.
+        out_dir: Where the CSV files and ``examples.pt`` go.
+        models_dir: Where models trained here go (ResAD; RegAD when ``regad_models`` has
+            none); ``None``: ``out_dir/models``.
+        progress: Show tqdm bars.
+
+    Returns:
+        One row per (method, category, K, support set): the metrics, fit and scoring seconds.
+    """
+    out_dir = Path(out_dir)
+    models_dir = Path(models_dir) if models_dir else out_dir / "models"
+    root = resolve_dataset(config.dataset)
+    names = list_categories(root)
+    targets = list(config.categories or names)
+    support_dir = Path(config.support_dir) if config.support_dir else out_dir / "support_sets"
+    size = config.regad.image_size
+    rows, costs, training = [], [], []
+    examples: dict[str, Any] = {}
+    # The figure's example comes from the first target with masks (the costs from the first target).
+    shown = next((t for t in targets if load_category(root, t).has_masks), targets[0])
+    for position, target in enumerate(targets):
+        category, sets, others, test = _load_target(config, root, names, target, support_dir)
+        supports = {(k, i): load_images(support_samples(category, paths), size) for k in sorted(sets) for i, paths in enumerate(sets[k])}
+        largest = (max(sets), 0)
+        example = _example_index(test)
+        if target == shown:
+            examples = {"category": target, "shots": largest[0], "image": test.images[example], "mask": test.masks[example], "maps": {}}
+        for name in config.methods:
+            ctx = Context(config, category, others, models_dir, progress)
+            tic = time.perf_counter()
+            method = METHODS[name](ctx)
+            training.append({"method": name, "category": target, "train_seconds": time.perf_counter() - tic, **ctx.notes})
+            embedded = None if method.embedding_depends_on_support else method.embed(test.images)
+            for (k, i), support in supports.items():
+                tic = time.perf_counter()
+                method.fit(support)
+                fitted = time.perf_counter()
+                scores = method.score(test.images) if embedded is None else method.score_embedded(embedded)
+                rows.append({"method": name, "category": target, "shots": k, "support_set": i,
+                             **method_metrics(scores, test, config.metrics),
+                             "fit_seconds": fitted - tic, "score_seconds": time.perf_counter() - fitted})
+                if target == shown and (k, i) == largest:
+                    examples["maps"][name] = scores.maps[example]
+            if position == 0 and config.measure_costs:
+                costs.append(_cost_row(Context(config, category, others, models_dir, False), name, largest, supports[largest], test.images))
+            log.info("%s %s done", target, name)
+    results = pd.DataFrame(rows)
+    write_csv_atomic(out_dir / "results.csv", results)
+    if costs:
+        write_csv_atomic(out_dir / "costs.csv", pd.DataFrame(costs))
+    write_csv_atomic(out_dir / "training.csv", pd.DataFrame(training))
+    save_atomic(examples, out_dir / "examples.pt")
+    return results
+
+
+def comparison_table(results: pd.DataFrame, metrics: Sequence[str], categories: bool = False) -> pd.DataFrame:
+    """Methods as row groups, K as columns; cells ``"m +- s / ..."`` in % over support sets.
+
+    Args:
+        results: ``run_comparison`` rows.
+        metrics: Metrics shown in every cell, in order.
+        categories: One row per category under each method (else only the category mean).
+    """
+    summary = summarize(results.rename(columns={"method": "variant"}), metrics)
+    parts = []
+    for method in dict.fromkeys(results["method"]):
+        table = pivot_text(summary, metrics, method)
+        parts.append(table if categories else table.loc[["mean"]])
+    table = pd.concat(parts, keys=list(dict.fromkeys(results["method"])), names=["method", "category"])
+    return table[sorted(table.columns, key=lambda c: int(c.removeprefix("K=")))]  # methods may differ in K
+
+
+def table_markdown(table: pd.DataFrame) -> str:
+    """A ``comparison_table`` as Markdown, its (method, category) rows written ``method · category``."""
+    return to_markdown(table.set_axis([" · ".join(map(str, i)) if isinstance(i, tuple) else str(i) for i in table.index]))
+
+
+def cost_table(costs: pd.DataFrame) -> pd.DataFrame:
+    """One row per method: inference ms per image, fit seconds, peak memory (MiB) added and of the process."""
+    columns = ["method", "shots", "images", "image_size", "device", "threads", "ms_per_image", "fit_seconds", "peak_mib", "process_peak_mib"]
+    return costs[columns].set_index("method").round(1)
+
+
+def load_examples(out_dir: Path) -> dict[str, Any]:
+    """The ``examples.pt`` that ``run_comparison`` wrote to ``out_dir`` (image, mask, every method's map)."""
+    return torch.load(Path(out_dir) / "examples.pt", weights_only=False)
+
+
+def plot_example_maps(examples: dict[str, Any], path: Path | None = None):
+    """The example test image, its mask and every method's anomaly map side by side.
+
+    Each map is scaled to its own [min, max] (methods' scores live on different scales).
+    Returns the matplotlib figure; saves it as PNG when ``path`` is given.
+    """
+    import matplotlib.pyplot as plt
+
+    maps = examples["maps"]
+    fig, axes = plt.subplots(1, 2 + len(maps), figsize=(2.2 * (2 + len(maps)), 2.6))
+    axes[0].imshow(examples["image"].permute(1, 2, 0).numpy())
+    axes[0].set_title(f"{examples['category']}")
+    axes[1].imshow(examples["mask"].numpy(), cmap="gray", vmin=0, vmax=1)
+    axes[1].set_title("mask")
+    for ax, (name, m) in zip(axes[2:], maps.items()):
+        ax.imshow(m.numpy(), cmap="jet")
+        ax.set_title(name)
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(f"K = {examples['shots']}, support set 0", fontsize=9)
+    fig.tight_layout()
+    if path is not None:
+        save_figure_atomic(fig, path)
+    return fig
+
+
+__all__ = ["DEFAULT_METHODS", "METHODS", "ComparisonConfig", "MemoryMonitor", "comparison_table", "cost_table",
+           "load_examples", "method_metrics", "plot_example_maps", "run_comparison", "run_costs", "table_markdown"]

@@ -1,0 +1,42 @@
+"""Side-by-side variant tables and the trained-minus-untrained difference."""
+
+import pandas as pd
+import pytest
+
+from fsad.reporting.tables import mean_difference, side_by_side, summarize
+
+
+@pytest.fixture
+def summary() -> pd.DataFrame:
+    rows = []
+    for variant, offset in (("regad", 0.1), ("untrained", 0.0)):
+        for category, base in (("a", 0.5), ("b", 0.7)):
+            for shots in (2, 4):
+                for support_set, noise in enumerate((-0.02, 0.02)):
+                    rows.append({"variant": variant, "category": category, "shots": shots, "support_set": support_set,
+                                 "image_auroc": base + offset + noise + shots / 100})
+    return summarize(pd.DataFrame(rows), ["image_auroc"])
+
+
+def test_side_by_side_puts_each_k_of_every_variant_next_to_each_other(summary):
+    table = side_by_side(summary, ["image_auroc"], ["regad", "untrained"])
+    assert list(table.columns) == ["K=2 regad", "K=2 untrained", "K=4 regad", "K=4 untrained"]
+    assert list(table.index) == ["a", "b", "mean"]
+    # a, K=2: regad 0.5 + 0.1 + 0.02 = 62 %, std of (-0.02, +0.02) = 2.8 %
+    assert table.loc["a", "K=2 regad"] == "62.0±2.8" and table.loc["a", "K=2 untrained"] == "52.0±2.8"
+
+
+def test_mean_difference_per_k(summary):
+    gain = mean_difference(summary, "image_auroc", "regad", "untrained")
+    assert list(gain.index) == [2, 4]
+    assert gain.tolist() == pytest.approx([0.1, 0.1])
+
+
+def test_markdown_writes_missing_values_as_a_dash():
+    import numpy as np
+    import pandas as pd
+
+    from fsad.reporting.tables import to_markdown
+
+    text = to_markdown(pd.DataFrame({"K=1": [np.nan, "70.0±1.0"], "note": [None, "x"]}, index=["a", "b"]))
+    assert text.splitlines()[2:] == ["| a | - | - |", "| b | 70.0±1.0 | x |"]

@@ -1,0 +1,89 @@
+"""The whole protocol on the toy tree: support sets, leave-one-out training, evaluation."""
+
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from fsad.config import RegADConfig
+from fsad.data.mvtec import load_category
+from fsad.methods.regad.training import MODEL_NAME, train_regad
+from fsad.paths import ROOT
+from fsad.study.experiment import ExperimentConfig, run_experiment
+
+TINY = RegADConfig(pretrained=False, image_size=32, epochs=1, batch_size=4, train_shots=(2,), lr=0.001, device="cpu")
+
+
+def smoke_config(toy_root, **changes) -> ExperimentConfig:
+    values = dict(dataset=str(toy_root), categories=("disc",), shots=(2, 4), n_sets=2,
+                  metrics=("image_auroc", "pixel_auroc", "aupro", "f1_max"), regad=TINY)
+    return ExperimentConfig(**{**values, **changes})
+
+
+def test_smoke_train_one_epoch_and_evaluate(toy_root, tmp_path):
+    results = run_experiment(smoke_config(toy_root), tmp_path, progress=False)
+    assert (tmp_path / "models" / "disc" / MODEL_NAME).is_file()
+    assert (tmp_path / "support_sets" / "disc.json").is_file()
+    # 2 variants x 2 K x 2 support sets
+    assert len(results) == 8
+    assert set(results["variant"]) == {"regad", "untrained"}
+    assert sorted(results["shots"].unique()) == [2, 4]
+    metrics = results[["image_auroc", "pixel_auroc", "aupro", "f1_max"]].to_numpy()
+    assert np.isfinite(metrics).all() and (metrics >= 0).all() and (metrics <= 1).all()
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "results.csv"), results, check_dtype=False)
+
+
+def test_two_runs_give_identical_metrics(toy_root, tmp_path):
+    config = smoke_config(toy_root, shots=(2,), untrained_baseline=False)
+    first = run_experiment(config, tmp_path / "a", progress=False)
+    second = run_experiment(config, tmp_path / "b", progress=False)
+    pd.testing.assert_frame_equal(first, second)
+
+
+def test_one_model_per_shot_when_asked(toy_root, tmp_path):
+    config = smoke_config(toy_root, model_per_shot=True, untrained_baseline=False)
+    results = run_experiment(config, tmp_path, progress=False)
+    for k in (2, 4):
+        assert (tmp_path / "models" / "disc" / f"K{k}" / MODEL_NAME).is_file()
+    assert not (tmp_path / "models" / "disc" / MODEL_NAME).exists()
+    assert sorted(results["shots"]) == [2, 2, 4, 4]
+
+
+def test_changed_training_settings_restart_training(toy_root, tmp_path, caplog):
+    categories = [load_category(toy_root, c) for c in ("ring", "stripes")]
+    train_regad(categories, TINY, tmp_path, progress=False)
+    with caplog.at_level(logging.WARNING, logger="fsad.methods.regad.training"):
+        train_regad(categories, TINY.replace(lr=0.01), tmp_path, progress=False)
+    assert "lr" in caplog.text and "from scratch" in caplog.text
+    caplog.clear()
+    # A test-time setting needs no retraining.
+    with caplog.at_level(logging.WARNING, logger="fsad.methods.regad.training"):
+        train_regad(categories, TINY.replace(lr=0.01, blur_sigma=2.0), tmp_path, progress=False)
+    assert caplog.text == ""
+
+
+def test_unknown_setting_is_named(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"dataset": "toy", "shot": [2]}))
+    with pytest.raises(ValueError, match=r"bad.yaml.*'shot'"):
+        ExperimentConfig.from_yaml(path)
+
+
+def test_paper_config_has_the_reference_settings():
+    config = ExperimentConfig.from_yaml(ROOT / "configs" / "regad_paper.yaml")
+    r = config.regad
+    assert (r.backbone, r.image_size, r.epochs, r.batch_size, r.lr, r.momentum) == ("resnet18", 224, 50, 32, 1e-4, 0.9)
+    assert (r.normalize, r.stn_mode, r.eps, r.blur_sigma) == (False, "rotation_scale", 0.01, 4)
+    assert config.shots == (2, 4, 8) and config.n_sets == 10
+
+
+def test_default_config_matches_the_pipeline_params():
+    # `make run` (configs/default.yaml) and `dvc repro` (params.yaml) must run the same RegAD.
+    config = ExperimentConfig.from_yaml(ROOT / "configs" / "default.yaml")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert config.dataset == params["data"]["dataset"] == "elpv"
+    assert list(config.shots) == params["support"]["shots"] and config.n_sets == params["support"]["n_sets"]
+    pipeline = RegADConfig.from_dict({**params["train"], **{k: params["evaluate"][k] for k in ("eps", "blur_sigma", "augment_support")}})
+    assert config.regad == pipeline
