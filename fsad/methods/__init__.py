@@ -1,10 +1,10 @@
 """Few-shot anomaly detectors compared with RegAD under one harness (``fsad.study.comparison``).
 
-Every method implements ``fsad.methods.base.FewShotMethod``: ``fit`` on K support images,
+Every method implements ``fsad.methods.base.Detector``: ``fit`` on K support images,
 ``score`` test images into anomaly maps and image scores.
 """
 
-from fsad.methods.base import FewShotMethod, Scores
+from fsad.methods.base import Detector, Scores
 from fsad.methods.padim import PaDiM
 from fsad.methods.patchcore import PatchCore
 from fsad.methods.regad.detector import RegADMethod
@@ -12,4 +12,4 @@ from fsad.methods.regad_l import RegADL
 from fsad.methods.resad import ResAD, ResADSettings
 from fsad.methods.spade import SPADE
 
-__all__ = ["SPADE", "FewShotMethod", "PaDiM", "PatchCore", "RegADL", "RegADMethod", "ResAD", "ResADSettings", "Scores"]
+__all__ = ["SPADE", "Detector", "PaDiM", "PatchCore", "RegADL", "RegADMethod", "ResAD", "ResADSettings", "Scores"]

@@ -4,14 +4,14 @@ A method sees only the K support images of the target category at test time: ``f
 builds its normal model from them and ``score`` turns test images into anomaly maps and
 image scores. Test images are first ``embed``-ded, a step that does not depend on the
 support set for most methods, so the comparison harness embeds a test set once and scores
-it against every support set (``score_embedded``). Methods whose embedding changes with
+it against every support set (``predict_embedded``). Methods whose embedding changes with
 the support set (RegAD-L retrains its network in ``fit``) set
 ``embedding_depends_on_support``.
 
 Example:
-    >>> method = PaDiM(build_backbone("mobilenet_v2"), image_size=128)  # any FewShotMethod
+    >>> method = PaDiM(build_backbone("mobilenet_v2"), image_size=128)  # any Detector
     >>> method.fit(support)  # K x 3 x 128 x 128 uint8
-    >>> scores = method.score(test_images)  # scores.maps: N x 128 x 128, scores.image: N
+    >>> scores = method.predict(test_images)  # scores.maps: N x 128 x 128, scores.image: N
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class Scores:
     image: torch.Tensor
 
 
-class FewShotMethod(ABC):
+class Detector(ABC):
     """A few-shot anomaly detector: ``fit`` on K normal images, then ``score`` test images.
 
     Attributes:
@@ -64,12 +64,12 @@ class FewShotMethod(ABC):
         """Build the normal model from K x 3 x S x S support images (uint8 or [0, 1] floats)."""
 
     @abstractmethod
-    def score_embedded(self, embedded: Embedding) -> Scores:
+    def predict_embedded(self, embedded: Embedding) -> Scores:
         """Anomaly maps and image scores of embedded test images against the fitted model."""
 
-    def score(self, images: torch.Tensor) -> Scores:
-        """``score_embedded(embed(images))``."""
-        return self.score_embedded(self.embed(images))
+    def predict(self, images: torch.Tensor) -> Scores:
+        """``predict_embedded(embed(images))``."""
+        return self.predict_embedded(self.embed(images))
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:

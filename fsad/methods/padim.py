@@ -11,7 +11,7 @@ features; ``augment_support`` adds RegAD's 22 support views.
 Example:
     >>> padim = PaDiM(build_backbone("mobilenet_v2"), image_size=128, n_channels=100)
     >>> padim.fit(support)  # K >= 2 images, or K >= 1 with augment_support=True
-    >>> scores = padim.score(test_images)
+    >>> scores = padim.predict(test_images)
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from fsad.components.gaussian import Gaussian, fit_gaussian, mahalanobis
 from fsad.components.views import support_views
 from fsad.methods.base import (
     Embedding,
-    FewShotMethod,
+    Detector,
     Scores,
     batched,
     concat_stages,
@@ -46,7 +46,7 @@ def random_channels(total: int, count: int, seed: int) -> torch.Tensor:
     return torch.randperm(total, generator=generator)[: min(count, total)].sort().values
 
 
-class PaDiM(FewShotMethod):
+class PaDiM(Detector):
     """Per-position Gaussian on randomly reduced multi-layer features.
 
     Args:
@@ -85,7 +85,7 @@ class PaDiM(FewShotMethod):
         (features,) = self.embed(x)
         self.gaussian = fit_gaussian(features.to(self.device), eps=self.eps)
 
-    def score_embedded(self, embedded: Embedding) -> Scores:
+    def predict_embedded(self, embedded: Embedding) -> Scores:
         if self.gaussian is None:
             raise RuntimeError("fsad/methods/padim.py: call fit(support) before scoring")
         maps = []

@@ -13,7 +13,7 @@ by how isolated its nearest bank patch is (paper, eq. 7):
 Example:
     >>> patchcore = PatchCore(build_backbone("mobilenet_v2"), image_size=128, coreset_ratio=0.1)
     >>> patchcore.fit(support)
-    >>> scores = patchcore.score(test_images)
+    >>> scores = patchcore.predict(test_images)
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from fsad.components.anomaly_map import anomaly_map
 from fsad.components.backbones import FeatureExtractor
 from fsad.methods.base import (
     Embedding,
-    FewShotMethod,
+    Detector,
     Scores,
     batched,
     frozen,
@@ -91,7 +91,7 @@ def reweighted_score(patch_feature: torch.Tensor, bank: torch.Tensor, neighbours
     return weight * distances[nearest]
 
 
-class PatchCore(FewShotMethod):
+class PatchCore(Detector):
     """Nearest-neighbour distance to a (coreset-subsampled) bank of support patches.
 
     Args:
@@ -135,7 +135,7 @@ class PatchCore(FewShotMethod):
             patches = patches[greedy_coreset(patches, count, self.projection_dim, self.seed).to(self.device)]
         self.bank = patches
 
-    def score_embedded(self, embedded: Embedding) -> Scores:
+    def predict_embedded(self, embedded: Embedding) -> Scores:
         if self.bank is None:
             raise RuntimeError("fsad/methods/patchcore.py: call fit(support) before scoring")
         features = embedded[0].to(self.device)  # N x D x h x w

@@ -11,7 +11,7 @@ features (``embedding_depends_on_support``).
 Example:
     >>> regad_l = RegADL(RegADConfig(image_size=128), epochs=30, pair_shots=2)
     >>> regad_l.fit(support)  # trains, then fits the Gaussian
-    >>> scores = regad_l.score(test_images)
+    >>> scores = regad_l.predict(test_images)
 """
 
 from __future__ import annotations

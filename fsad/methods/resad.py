@@ -27,7 +27,7 @@ Example:
     >>> resad = ResAD(build_backbone("mobilenet_v2"), image_size=128)
     >>> sources = resad.train(other_categories, ResADSettings(steps=300))  # {"bottle": "synthesised", ...}
     >>> resad.fit(support)
-    >>> scores = resad.score(test_images)
+    >>> scores = resad.predict(test_images)
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from fsad.data.synthesis import AnomalySynthesizer, textures_from_folder
 from fsad.io import save_atomic
 from fsad.methods.base import (
     Embedding,
-    FewShotMethod,
+    Detector,
     Scores,
     batched,
     frozen,
@@ -177,7 +177,7 @@ class _TrainingPool:
     source: str  # "real", "synthesised" or "synthesised without textures"
 
 
-class ResAD(FewShotMethod):
+class ResAD(Detector):
     """Residual features -> constraintor -> flow, trained on other categories.
 
     Args:
@@ -205,7 +205,7 @@ class ResAD(FewShotMethod):
         self.references = [positions(f).to(self.device) for f in self.embed(support)]  # per stage: (K h w) x C
 
     @torch.no_grad()
-    def score_embedded(self, embedded: Embedding) -> Scores:
+    def predict_embedded(self, embedded: Embedding) -> Scores:
         if self.references is None:
             raise RuntimeError("fsad/methods/resad.py: call fit(support) before scoring")
         self.head.eval()

@@ -13,7 +13,7 @@ is the whole support set. Maps are upsampled and blurred (sigma 4) as in the pap
 Example:
     >>> spade = SPADE(build_backbone("mobilenet_v2"), image_size=128)
     >>> spade.fit(support)  # K x 3 x 128 x 128
-    >>> scores = spade.score(test_images)  # maps N x 128 x 128, image N (pooled kNN distance)
+    >>> scores = spade.predict(test_images)  # maps N x 128 x 128, image N (pooled kNN distance)
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from fsad.components.anomaly_map import anomaly_map
 from fsad.components.backbones import FeatureExtractor
 from fsad.methods.base import (
     Embedding,
-    FewShotMethod,
+    Detector,
     Scores,
     batched,
     concat_stages,
@@ -34,7 +34,7 @@ from fsad.methods.base import (
 )
 
 
-class SPADE(FewShotMethod):
+class SPADE(Detector):
     """Image-level kNN, then per-pixel kNN against the nearest normal images' features.
 
     Args:
@@ -68,7 +68,7 @@ class SPADE(FewShotMethod):
     def fit(self, support: torch.Tensor) -> None:
         self.support = self.embed(support)
 
-    def score_embedded(self, embedded: Embedding) -> Scores:
+    def predict_embedded(self, embedded: Embedding) -> Scores:
         if self.support is None:
             raise RuntimeError("fsad/methods/spade.py: call fit(support) before scoring")
         pooled, pixels = (t.to(self.device) for t in embedded)

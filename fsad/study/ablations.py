@@ -192,7 +192,7 @@ def run_ablations(config: AblationConfig, out_dir: Path, models_dir: Path | None
                     continue
                 for i, paths in enumerate(sets[k]):
                     method.fit(load_images(support_samples(category, paths), size))
-                    scores = method.score_embedded(embedded)
+                    scores = method.predict_embedded(embedded)
                     rows.append({"variant": variant.name, "stn_mode": variant.stn_mode, "category": target, "shots": k,
                                  "support_set": i, **method_metrics(scores, test, config.metrics)})
             log.info("%s %s done", target, variant.name)

@@ -50,7 +50,7 @@ from fsad.data.support_sets import support_samples
 from fsad.io import save_atomic, save_figure_atomic, write_csv_atomic
 from fsad.methods import (
     SPADE,
-    FewShotMethod,
+    Detector,
     PaDiM,
     PatchCore,
     RegADL,
@@ -146,7 +146,7 @@ class Context:
         return build_backbone(r.backbone, pretrained=r.pretrained, normalize=r.normalize)
 
 
-def _regad(ctx: Context) -> FewShotMethod:
+def _regad(ctx: Context) -> Detector:
     """The leave-one-out RegAD model of ``fsad.study.experiment``: reused from ``regad_models``, else trained (resumable)."""
     r = ctx.config.regad
     reused = Path(ctx.config.regad_models) / ctx.target.name / MODEL_NAME if ctx.config.regad_models else None
@@ -160,12 +160,12 @@ def _regad(ctx: Context) -> FewShotMethod:
     return RegADMethod(model, r, name="regad")
 
 
-def _untrained(ctx: Context) -> FewShotMethod:
+def _untrained(ctx: Context) -> Detector:
     seed_everything(ctx.config.regad.seed)
     return RegADMethod(build_model(ctx.config.regad).eval(), ctx.config.regad, name="untrained")
 
 
-def _resad(ctx: Context) -> FewShotMethod:
+def _resad(ctx: Context) -> Detector:
     """ResAD trained on the other categories (``<models_dir>/<target>/resad.pt``, reused when present)."""
     method = ResAD(ctx.backbone(), ctx.config.regad.image_size, device=ctx.device)
     settings = ResADSettings(**{**ctx.config.resad, "train_shots": tuple(ctx.config.resad.get("train_shots", ResADSettings.train_shots))})
@@ -181,7 +181,7 @@ def _resad(ctx: Context) -> FewShotMethod:
 
 
 # name -> builder; a builder may train (leave one out) and records what it did in ctx.notes.
-METHODS: dict[str, Callable[[Context], FewShotMethod]] = {
+METHODS: dict[str, Callable[[Context], Detector]] = {
     "regad": _regad,
     "untrained": _untrained,
     "spade": lambda ctx: SPADE(ctx.backbone(), ctx.config.regad.image_size, device=ctx.device, **ctx.config.spade),
@@ -278,7 +278,7 @@ def _cost_worker(job: Path) -> None:
         tic = time.perf_counter()
         method.fit(support)
         fitted = time.perf_counter()
-        method.score(images)
+        method.predict(images)
         done = time.perf_counter()
     result = {"fit_seconds": fitted - tic, "ms_per_image": 1000 * (done - fitted) / len(images), "peak_mib": monitor.peak_mib,
               "process_peak_mib": monitor.process_peak_mib}
@@ -387,7 +387,7 @@ def run_comparison(config: ComparisonConfig, out_dir: Path, models_dir: Path | N
                 tic = time.perf_counter()
                 method.fit(support)
                 fitted = time.perf_counter()
-                scores = method.score(test.images) if embedded is None else method.score_embedded(embedded)
+                scores = method.predict(test.images) if embedded is None else method.predict_embedded(embedded)
                 rows.append({"method": name, "category": target, "shots": k, "support_set": i,
                              **method_metrics(scores, test, config.metrics),
                              "fit_seconds": fitted - tic, "score_seconds": time.perf_counter() - fitted})

@@ -22,7 +22,7 @@ def test_padim_is_the_gaussian_of_the_selected_channels(backbone, images):
         features = lambda x: concat_stages(backbone(to_float(x)))[:, padim.channels]  # noqa: E731
         expected = mahalanobis(features(test), fit_gaussian(features(support)))
     assert padim.channels.tolist() == random_channels(sum(backbone.channels), 20, seed=1).tolist()
-    assert torch.allclose(padim.score(test).maps, expected, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(padim.predict(test).maps, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_padim_single_image_needs_views(backbone, images):
@@ -31,4 +31,4 @@ def test_padim_single_image_needs_views(backbone, images):
         PaDiM(backbone, image_size=32).fit(support[:1])
     views = PaDiM(backbone, image_size=32, augment_support=True)
     views.fit(support[:1])  # 22 views: a covariance exists
-    assert views.score(test).maps.shape == (3, 32, 32)
+    assert views.predict(test).maps.shape == (3, 32, 32)

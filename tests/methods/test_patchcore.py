@@ -48,7 +48,7 @@ def test_patch_scores_are_nearest_bank_distances(backbone, images):
     support, test = images
     patchcore = PatchCore(backbone, image_size=4, sigma=0)  # stride 8 on 32 px: 4 x 4 patches
     patchcore.fit(support)
-    scores = patchcore.score(test)
+    scores = patchcore.predict(test)
     patches = patchcore.embed(test)[0]
     expected = torch.cdist(positions(patches), patchcore.bank).min(dim=1).values.view(3, 4, 4)
     assert torch.allclose(scores.maps, expected, rtol=1e-3, atol=1e-3)

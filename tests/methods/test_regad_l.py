@@ -16,12 +16,12 @@ def test_each_support_set_trains_its_own_network_reproducibly(images):
     method = RegADL(CONFIG, epochs=2)
     start = weights(method)
     method.fit(support[:2])
-    first, maps = weights(method), method.score(test).maps
+    first, maps = weights(method), method.predict(test).maps
     assert not torch.equal(first, start)  # training moved the weights
     method.fit(support[2:])
     assert not torch.equal(weights(method), first)  # another support set, another network
     method.fit(support[:2])
-    assert torch.equal(weights(method), first) and torch.allclose(method.score(test).maps, maps)
+    assert torch.equal(weights(method), first) and torch.allclose(method.predict(test).maps, maps)
 
 
 def test_regad_l_needs_two_images(images):

@@ -39,4 +39,4 @@ def test_save_load_round_trip(backbone, images, tmp_path):
     assert record["sources"] == {"a": "real"}
     for m in (trained, loaded):
         m.fit(support)
-    assert torch.allclose(trained.score(test).maps, loaded.score(test).maps)
+    assert torch.allclose(trained.predict(test).maps, loaded.predict(test).maps)

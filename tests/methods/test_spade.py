@@ -29,7 +29,7 @@ def test_spade_matches_brute_force(backbone, images, top_k):
     # image_size = feature size and no blur: the maps are the raw kNN distances
     spade = SPADE(backbone, image_size=8, top_k=top_k, sigma=0)
     spade.fit(support)
-    scores = spade.score(test)
+    scores = spade.predict(test)
     maps, image = brute_force(spade, support, test, top_k)
     assert torch.allclose(scores.maps, maps, rtol=1e-3, atol=1e-3)
     assert torch.allclose(scores.image, image, rtol=1e-4, atol=1e-4)
@@ -37,4 +37,4 @@ def test_spade_matches_brute_force(backbone, images, top_k):
 
 def test_spade_needs_fit(backbone, images):
     with pytest.raises(RuntimeError, match="fit"):
-        SPADE(backbone, image_size=32).score(images[1])
+        SPADE(backbone, image_size=32).predict(images[1])

@@ -1,4 +1,4 @@
-"""RegAD as a ``FewShotMethod``: a trained (or untrained) registration network + Gaussian.
+"""RegAD as a ``Detector``: a trained (or untrained) registration network + Gaussian.
 
 Paper: https://arxiv.org/abs/2207.07361. Wraps the project's RegAD test-time pipeline
 (``fsad.study.evaluation``: registered features, 22 support views, per-position Gaussian,
@@ -10,7 +10,7 @@ Example:
     >>> model, config = load_model(Path("runs/fsad-mini/models/pcb/regad.pt"))
     >>> regad = RegADMethod(model, config)
     >>> regad.fit(support)
-    >>> scores = regad.score(test_images)
+    >>> scores = regad.predict(test_images)
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ import torch
 from fsad.components.anomaly_map import image_scores
 from fsad.components.gaussian import Gaussian
 from fsad.config import RegADConfig, resolve_device
-from fsad.methods.base import Embedding, FewShotMethod, Scores
+from fsad.methods.base import Embedding, Detector, Scores
 from fsad.methods.regad.network import RegAD
 from fsad.study.evaluation import extract_features, fit_support, score_maps
 
 
-class RegADMethod(FewShotMethod):
+class RegADMethod(Detector):
     """RegAD's test-time protocol on a given network.
 
     Args:
@@ -48,7 +48,7 @@ class RegADMethod(FewShotMethod):
             raise ValueError("fsad/methods/regad/detector.py: without support views a covariance needs K >= 2")
         self.gaussian = fit_support(self.model, support, self.config, self.device)
 
-    def score_embedded(self, embedded: Embedding) -> Scores:
+    def predict_embedded(self, embedded: Embedding) -> Scores:
         if self.gaussian is None:
             raise RuntimeError("fsad/methods/regad/detector.py: call fit(support) before scoring")
         maps = score_maps(self.gaussian, embedded[0], self.config, self.device)  # N x S x S
