@@ -23,22 +23,23 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import time
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from fsad.config import resolve_device
+from fsad.config import ExperimentConfig, resolve_device
 from fsad.data.loading import as_float
 from fsad.data.mvtec import load_category
-from fsad.methods.regad.checkpoint import build_model, load_model
+from fsad.data.support_sets import support_sets_for
+from fsad.methods.regad.checkpoint import load_model
+from fsad.methods.regad.detector import RegADMethod
 from fsad.methods.regad.stn import compose_theta
 from fsad.methods.regad.training import MODEL_NAME
-from fsad.seed import seed_everything
-from fsad.study.evaluation import TestSet, evaluate_category
-from fsad.study.experiment import ExperimentConfig, resolve_dataset, support_sets_for
+from fsad.study.evaluation import TestSet, evaluate_detector
+from fsad.study.experiment import resolve_dataset
+from fsad.methods.regad.checkpoint import untrained_regad
 
 
 def hybrids(trained: torch.nn.Module, untrained: torch.nn.Module) -> dict[str, torch.nn.Module]:
@@ -87,13 +88,12 @@ def main() -> None:
     args = parser.parse_args()
 
     config = ExperimentConfig.from_yaml(args.config)
-    config = dataclasses.replace(config, shots=tuple(args.shots), n_sets=args.sets)
+    config = config.replace(shots=tuple(args.shots), n_sets=args.sets)
     device = resolve_device(config.regad.device)
     category = load_category(resolve_dataset(config.dataset), args.category)
-    sets = support_sets_for(category, config, Path(args.run) / "support_sets")
+    sets = support_sets_for(category, config.shots, config.n_sets, config.support_seed, Path(args.run) / "support_sets")
     trained, _ = load_model(Path(args.run) / "models" / args.category / MODEL_NAME, expected=config.regad)
-    seed_everything(config.regad.seed)
-    untrained = build_model(config.regad).eval()
+    untrained = untrained_regad(config.regad)
     test = TestSet.load(category, config.regad.image_size)
 
     print(f"{args.category}: transforms of the trained STNs on its {len(test.labels)} test images")
@@ -102,10 +102,9 @@ def main() -> None:
     rows = []
     for name, model in hybrids(trained, untrained).items():
         tic = time.perf_counter()
-        for row in evaluate_category(model, config.regad, category, sets, metrics, test, progress=False):
-            rows.append({"variant": name, **row})
+        rows += evaluate_detector(RegADMethod(model, config.regad, name=name), category, sets, test, metrics, progress=False).rows
         print(f"  scored {name} ({time.perf_counter() - tic:.0f} s)")
-    table = pd.DataFrame(rows).groupby(["variant", "shots"], sort=False)[list(metrics)].mean().mul(100)
+    table = pd.DataFrame(rows).groupby(["method", "shots"], sort=False)[list(metrics)].mean().mul(100)
     print(f"\n{args.category}: mean over {args.sets} support sets (%)")
     print(table.unstack("shots").round(1).to_string())
 

@@ -1,4 +1,4 @@
-"""Command line: ``fsad run``, ``fsad train``, ``fsad support-sets``, ``fsad data``, ``fsad weights``."""
+"""Command line: ``fsad run | compare | ablate | train | support-sets | data | weights | notebook`` (and ``fit`` / ``predict``)."""
 
 from __future__ import annotations
 
@@ -41,40 +41,119 @@ def cmd_support_sets(args) -> None:
 
 def cmd_train(args) -> None:
     from fsad.config import RegADConfig
-    from fsad.data.mvtec import list_categories, load_category
-    from fsad.methods.regad.training import train_regad
+    from fsad.methods.regad.training import MODEL_NAME, train_regad
     from fsad.study.experiment import resolve_dataset
+    from fsad.study.preflight import preflight
 
     config = RegADConfig.from_yaml(args.config, section="regad") if args.config else RegADConfig()
-    root = resolve_dataset(args.data)
-    train = [load_category(root, c) for c in list_categories(root) if c != args.target]
+    # An unknown --target (listed with the available ones), unreadable images or no GPU stop here, before training.
+    checked = preflight(resolve_dataset(args.data), [args.target], device=config.device)
+    train = [category for name, category in checked.categories.items() if name != checked.targets[0]]
     train_regad(train, config, Path(args.out), resume=not args.restart)
-    print(f"model: {Path(args.out) / 'regad.pt'}")
+    print(f"model: {Path(args.out) / MODEL_NAME}")
+
+
+def _yaml_mapping(path: str) -> dict:
+    """The top-level mapping of a YAML config file (the schema validates it next)."""
+    import yaml
+
+    values = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: a config is a YAML mapping of settings, found a {type(values).__name__}")
+    return values
+
+
+def _results_folder(args) -> Path | None:
+    """The output folder of a command: ``--out``, else ``runs/<config name>`` for a config-driven one."""
+    if getattr(args, "out", None):
+        return Path(args.out)
+    config = getattr(args, "config", None)
+    return ROOT / "runs" / Path(config).stem if config and args.command in ("run", "compare", "ablate") else None
+
+
+def _claimed_out(args, settings: dict, command: str) -> Path:
+    """The output folder (``--out``, else ``runs/<config name>``), claimed for this config before any work."""
+    from fsad.study.run_folder import claim
+
+    out = _results_folder(args)
+    claim(out, Path(args.config), settings, command, force=args.force)
+    return out
+
+
+def _wall_time(out: Path, seconds: float, what: str = "") -> str:
+    from fsad.io import write_text_atomic
+
+    line = f"{seconds:.0f} s ({seconds / 60:.1f} min){': ' + what if what else ''}"
+    write_text_atomic(out / "wall_time.txt", line + "\n")
+    return line
 
 
 def cmd_run(args) -> None:
     from fsad.io import write_csv_atomic
-    from fsad.reporting.tables import (
-        mean_difference,
-        side_by_side,
-        summarize,
-        to_markdown,
-    )
-    from fsad.study.experiment import ExperimentConfig, run_experiment
+    from fsad.reporting.tables import mean_difference, side_by_side, summarize, to_markdown
+    from fsad.config import ExperimentConfig
+    from fsad.study.experiment import run_experiment
 
     config = ExperimentConfig.from_yaml(args.config)
-    out = Path(args.out) if args.out else ROOT / "runs" / Path(args.config).stem
+    out = _claimed_out(args, config.to_dict(), "run")
     tic = time.perf_counter()
     results = run_experiment(config, out)
     summary = summarize(results, config.metrics)
     write_csv_atomic(out / "summary.csv", summary)
-    variants = list(summary["variant"].unique())
+    methods = list(summary["method"].unique())
     print(f"\n{' / '.join(config.metrics)} (%, mean±std over {config.n_sets} support sets)")
-    print(to_markdown(side_by_side(summary, config.metrics, variants)))
-    if "untrained" in variants:
+    print(to_markdown(side_by_side(summary, config.metrics, methods)))
+    if "untrained" in methods:
         gain = mean_difference(summary, config.metrics[0], "regad", "untrained")
         print(f"\nregad - untrained, mean {config.metrics[0]}: " + ", ".join(f"K={k}: {100 * d:+.1f}" for k, d in gain.items()))
-    print(f"\nwall time: {time.perf_counter() - tic:.0f} s; results in {out}")
+    print(f"\nwall time: {_wall_time(out, time.perf_counter() - tic)}; results in {out}")
+
+
+def cmd_compare(args) -> None:
+    from fsad.reporting.tables import to_markdown
+    from fsad.config import ComparisonConfig
+    from fsad.study.comparison import cost_table, run_comparison, run_costs, write_report
+
+    values = _yaml_mapping(args.config)
+    if args.methods:  # one run per group of methods, side by side (docs/baselines.md)
+        values["methods"] = args.methods
+    if args.no_costs:
+        values["measure_costs"] = False
+    config = ComparisonConfig.from_dict(values, source=args.config)
+    out = _claimed_out(args, config.to_dict(), "compare")
+    if args.costs_only:
+        print(to_markdown(cost_table(run_costs(config, out))))
+        return
+    if not args.tables_only:
+        tic = time.perf_counter()
+        run_comparison(config, out)
+        _wall_time(out, time.perf_counter() - tic, " ".join(config.methods))
+    print(write_report(config, out, args.include))
+
+
+def cmd_ablate(args) -> None:
+    from fsad.config import AblationConfig
+    from fsad.study.ablations import run_ablations, write_report
+
+    config = AblationConfig.from_yaml(args.config)
+    out = _claimed_out(args, config.to_dict(), "ablate")
+    if not args.tables_only:
+        tic = time.perf_counter()
+        run_ablations(config, out)
+        _wall_time(out, time.perf_counter() - tic)
+    print(write_report(config, out))
+
+
+def cmd_fit(args) -> None:
+    from fsad.product import fit_command
+
+    fit_command(args.images, args.method, args.model, args.config, args.good, args.out, args.force)
+
+
+def cmd_predict(args) -> None:
+    from fsad.product import predict_command
+
+    predict_command(args.detector, args.images, args.out, args.masks)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -108,10 +187,51 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("run", help="support sets + leave-one-out training + evaluation, printed as a table")
+    p = sub.add_parser("run", help="RegAD: support sets + leave-one-out training + evaluation, printed as a table")
     p.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"))
-    p.add_argument("--out")
+    p.add_argument("--out", help="output folder (default: runs/<config name>)")
+    p.add_argument("--force", action="store_true", help="reuse an output folder made by another config")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("compare", help="RegAD and its peers on the same support sets: tables, costs, example maps")
+    p.add_argument("--config", required=True, help="YAML of fsad.config.ComparisonConfig fields, e.g. configs/compare_fsad_mini.yaml")
+    p.add_argument("--out", help="output folder (default: runs/<config name>)")
+    p.add_argument("--force", action="store_true", help="reuse an output folder made by another config")
+    p.add_argument("--methods", nargs="+", help="only these methods (overrides the config's methods)")
+    p.add_argument("--no-costs", action="store_true", help="skip the cost measurement (e.g. runs sharing the machine)")
+    p.add_argument("--costs-only", action="store_true", help="only time every method (fresh process each, first category, largest K)")
+    p.add_argument("--tables-only", action="store_true", help="do not run: write the tables of --out (and --include)")
+    p.add_argument("--include", nargs="*", default=[], help="output folders of other runs on the same support sets, merged into the tables")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("ablate", help="the RegAD ablations (STN modes, no STN, untrained, no views, K sweep)")
+    p.add_argument("--config", required=True, help="YAML of fsad.config.AblationConfig fields, e.g. configs/ablations_fsad_mini.yaml")
+    p.add_argument("--out", help="output folder (default: runs/<config name>)")
+    p.add_argument("--force", action="store_true", help="reuse an output folder made by another config")
+    p.add_argument("--tables-only", action="store_true", help="do not run: write the tables of --out")
+    p.set_defaults(func=cmd_ablate)
+
+    from fsad.threshold import THRESHOLD_RULE
+
+    p = sub.add_parser("fit", help="fit a detector on K good images of a new product, with a threshold",
+                       description=f"Fit a detector on K good images (K = the images found) and save it.\n\n{THRESHOLD_RULE}",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("images", nargs="+", help="good images: files or folders (searched recursively)")
+    p.add_argument("--method", help="regad, untrained, spade, padim, padim_views (default), patchcore, resad, regad_l")
+    p.add_argument("--model", help="trained model file (regad: regad.pt of fsad train; resad: its saved head)")
+    p.add_argument("--config", help="YAML: a regad: section (backbone, image_size, eps, blur_sigma, device, ...) "
+                   "and an options: section of method options, or RegAD settings alone")
+    p.add_argument("--good", nargs="+", help="extra good images (files or folders) for the threshold only")
+    p.add_argument("--out", required=True, help="the detector folder to write")
+    p.add_argument("--force", action="store_true", help="replace a detector of other images or settings in --out")
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("predict", help="score images with a fitted detector: predictions.csv, heat-maps, masks")
+    p.add_argument("detector", help="a detector folder written by fsad fit")
+    p.add_argument("images", nargs="+", help="images: files or folders (searched recursively); any size")
+    p.add_argument("--out", required=True, help="where predictions.csv, heatmaps/ and masks/ go")
+    p.add_argument("--masks", action="store_true", help="also write a binary mask per image (pixels above the threshold)")
+    p.set_defaults(func=cmd_predict)
 
     from fsad.notebook_runner import add_parser as add_notebook_parser
 
@@ -121,7 +241,17 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     try:
         args.func(args)
-    except (FileNotFoundError, ValueError) as error:
+    except KeyboardInterrupt:
+        # Results are written as each category finishes (atomically), so what is on disk is whole.
+        out = _results_folder(args)
+        print(f"fsad: interrupted; finished results are kept in {out}" if out and out.is_dir() else "fsad: interrupted",
+              file=sys.stderr)
+        sys.exit(130)
+    except (OSError, ValueError, RuntimeError) as error:
+        # What a user can cause: missing or unreadable files (OSError: FileNotFoundError, PermissionError,
+        # decoding), wrong settings (ValueError: ConfigError, PreflightError), no GPU (RuntimeError).
+        if args.verbose:
+            logging.getLogger("fsad").exception("traceback (shown with --verbose)")
         print(f"fsad: error: {error}", file=sys.stderr)
         sys.exit(2)
 

@@ -1,36 +1,264 @@
-"""RegAD settings in one dataclass, built from a ``params.yaml`` section or a YAML file."""
+"""Every setting of fsad in one vocabulary: typed models, validated when read.
+
+- ``RegADConfig``: one RegAD run (the ``train`` section of ``params.yaml``, the ``regad:``
+  section of ``configs/*.yaml``);
+- ``ResADSettings``: ResAD's training; ``EvalSettings``: the test-time settings of the
+  pipeline's ``evaluate`` stage;
+- the studies, which share ``StudyConfig``'s data fields (dataset, categories, shots,
+  n_sets, support_seed, metrics) and a ``regad`` section: ``ExperimentConfig`` (``fsad run``),
+  ``ComparisonConfig`` (RegAD and its peers), ``AblationConfig``.
+
+The models are pydantic v2 models (frozen, unknown keys refused), so one declaration per
+field gives its type, default, range and documentation, and a YAML file is checked whole
+before any work starts. What YAML gives loosely is read as meant: ``lr: 1e-3`` (a string
+for YAML 1.1) is the number 0.001, ``shots: 2`` is ``(2,)``. Every problem is one line of a
+``ConfigError`` naming the file and the dotted key, with the allowed values.
+
+Example:
+    >>> RegADConfig.from_dict({"lr": "1e-3", "train_shots": 4}).train_shots
+    (4,)
+    >>> ExperimentConfig.from_dict({"regad": {"epochs": "three"}}, source="configs/x.yaml")
+    Traceback (most recent call last):
+    fsad.config.ConfigError: configs/x.yaml: regad.epochs: 'three' is not an integer
+"""
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+import re
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import yaml
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticCustomError
+
+from fsad.paths import DTD_MINI_DIR
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self from Python 3.11
 
 
-def settings_of(cls: type, values: dict[str, Any], source: str, what: str, tuples: tuple[str, ...] = ()) -> dict[str, Any]:
-    """``values`` checked against the dataclass ``cls``'s fields, ready for ``cls(**...)``.
-
-    An unknown key is an error naming ``source``, the key and the known ones; the keys in
-    ``tuples`` become tuples (YAML gives lists); a ``regad`` section becomes a ``RegADConfig``.
-    """
-    values = dict(values)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"{source}: unknown {what} setting(s) {unknown}; known: {sorted(known)}")
-    if "regad" in known:
-        values["regad"] = RegADConfig.from_dict(values.get("regad", {}), source=f"{source}: regad")
-    for key in tuples:
-        if values.get(key) is not None:
-            values[key] = tuple(values[key])
-    return values
+class ConfigError(ValueError):
+    """Settings a user wrote wrong: one line per problem, ``<file>: <dotted.key>: <what is wrong>``."""
 
 
-@dataclass(frozen=True)
-class RegADConfig:
+# ----------------------------------------------------------------------------- field types
+def _listed(value: Any) -> Any:
+    """A scalar where a list belongs is a one-element list (``shots: 2`` means ``[2]``)."""
+    return [value] if isinstance(value, (str, int, float, bool)) else value
+
+
+def names(what: str, known: Callable[[], Iterable[str]]) -> AfterValidator:
+    """A name checked against ``known()``, looked up when validating: the registries live in
+    modules that import this one (``fsad.methods``, ``fsad.study``), which must not be imported here."""
+
+    def check(value: str) -> str:
+        choices = list(known())
+        if value not in choices:
+            text = f"unknown {what} {value!r}; choose from {choices}"
+            raise PydanticCustomError("choice", "{text}", {"text": text})
+        return value
+
+    return AfterValidator(check)
+
+
+def _metric_names() -> tuple[str, ...]:
+    from fsad.study.evaluation import IMAGE_METRICS, PIXEL_METRICS
+
+    return IMAGE_METRICS + PIXEL_METRICS
+
+
+def _method_names() -> tuple[str, ...]:
+    from fsad.study.comparison import METHODS
+
+    return tuple(METHODS)
+
+
+def _stn_modes() -> tuple[str, ...]:
+    from fsad.methods.regad.stn import STN_MODES
+
+    return tuple(STN_MODES)
+
+
+def _stn_modes_or_none() -> tuple[str, ...]:
+    from fsad.methods.regad.stn import NO_STN
+
+    return (*_stn_modes(), NO_STN)
+
+
+def _backbone_names() -> tuple[str, ...]:
+    from fsad.components.backbones import BACKBONES
+
+    return tuple(BACKBONES)
+
+
+DEVICE_FORM = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def _device(value: str) -> str:
+    # Only the form: whether a GPU is there is checked when a run starts (``resolve_device``).
+    if not DEVICE_FORM.fullmatch(value):
+        raise PydanticCustomError("choice", "{text}", {"text": f"unknown device {value!r}; choose from auto, cpu, cuda, cuda:N"})
+    return value
+
+
+Positive = Annotated[int, Field(ge=1)]
+Count = Annotated[int, Field(ge=0)]
+Seed = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+Eps = Annotated[float, Field(gt=0)]  # ridge on the covariance diagonal
+BlurSigma = Annotated[float, Field(ge=0)]  # Gaussian blur of the anomaly maps, in pixels
+Name = Annotated[str, Field(min_length=1)]
+Dataset = Name  # elpv | toy | fsad-mini | an MVTec-layout folder (fsad.study.experiment.resolve_dataset)
+Backbone = Annotated[str, names("backbone", _backbone_names)]
+StnMode = Annotated[str, names("STN mode", _stn_modes_or_none)]
+Device = Annotated[str, AfterValidator(_device)]
+Metric = Annotated[str, names("metric", _metric_names)]
+Method = Annotated[str, names("method", _method_names)]
+Shots = Annotated[tuple[Positive, ...], BeforeValidator(_listed), Field(min_length=1)]
+Categories = Annotated[tuple[Name, ...], BeforeValidator(_listed), Field(min_length=1)]
+Metrics = Annotated[tuple[Metric, ...], BeforeValidator(_listed), Field(min_length=1)]
+Methods = Annotated[tuple[Method, ...], BeforeValidator(_listed), Field(min_length=1)]
+# The ablations always train ``no_stn``: "none" is not one of their STN-mode variants.
+StnModes = Annotated[tuple[Annotated[str, names("STN mode", _stn_modes)], ...], BeforeValidator(_listed)]
+KSweep = Annotated[tuple[Positive, ...], BeforeValidator(_listed)]
+
+
+# ----------------------------------------------------------------------------- messages
+_KINDS = {"int": "an integer", "float": "a number", "bool": "true or false", "string": "a string", "tuple": "a list",
+          "list": "a list", "dict": "a mapping", "model": "a mapping of settings"}
+_BOUNDS = {"greater_than_equal": (">=", "ge"), "greater_than": (">", "gt"), "less_than_equal": ("<=", "le"), "less_than": ("<", "lt")}
+
+
+def _dotted(at: str, loc: tuple[str | int, ...]) -> str:
+    """``("shots", 1)`` under ``"support"`` -> ``"support.shots[1]"``."""
+    key = at
+    for part in loc:
+        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+    return key
+
+
+def _model_at(model: type[BaseModel], loc: tuple[str | int, ...]) -> type[BaseModel]:
+    """The model class the key path ``loc`` leads into (``("regad",)`` -> ``RegADConfig``)."""
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            break
+        model = field.annotation
+    return model
+
+
+def _problem(error: dict[str, Any]) -> str:
+    kind, value, ctx = error["type"], error["input"], error.get("ctx", {})
+    if kind == "choice":
+        return error["msg"]
+    if kind == "int_from_float":
+        return f"{value!r} is not an integer"
+    if kind.endswith(("_parsing", "_type")) and kind.split("_")[0] in _KINDS:
+        return f"{value!r} is not {_KINDS[kind.split('_')[0]]}"
+    if kind in _BOUNDS:
+        sign, name = _BOUNDS[kind]
+        bound = ctx[name]
+        return f"{value!r} must be {sign} {bound:g}" if isinstance(bound, float) else f"{value!r} must be {sign} {bound}"
+    if kind == "too_short":
+        return "must list at least one value" if ctx.get("min_length") == 1 else f"must list at least {ctx['min_length']} values"
+    if kind == "string_too_short":
+        return "must not be empty"
+    if kind == "missing":
+        return "missing; this file must set it"
+    if kind == "finite_number":
+        return f"{value!r} is not a finite number"
+    return f"{value!r}: {error['msg']}"
+
+
+def describe(error: ValidationError, model: type[BaseModel], source: str, at: str = "") -> str:
+    """One line per problem of ``error``: ``<source>: <dotted key>: <problem>``; unknown keys list the known ones."""
+    lines = []
+    for item in error.errors(include_url=False):
+        key = _dotted(at, item["loc"])
+        if item["type"] == "extra_forbidden":
+            known = sorted(_model_at(model, item["loc"][:-1]).model_fields)
+            lines.append(f"{source}: unknown key {key!r}; known: {known}")
+        else:
+            lines.append(f"{source}: {key}: {_problem(item)}")
+    return "\n".join(lines)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's content; a missing or malformed file is a one-line error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such settings file")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{line}: {getattr(error, 'problem', None) or error}") from None
+
+
+# ----------------------------------------------------------------------------- the base
+class Settings(BaseModel):
+    """Frozen settings with one reading path: ``from_dict`` / ``from_yaml`` validate, and every
+    problem is a ``ConfigError`` line naming the source and the dotted key (never a traceback
+    of the validator). Building one in code (``RegADConfig(epochs=0)``) is validated the same way."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    def __init__(self, /, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as error:
+            raise ConfigError(describe(error, type(self), type(self).__name__)) from None
+
+    # Marks this __init__ as pydantic's own: nested models are then validated inside the
+    # outer one (every problem reported at once, with its full key path), not through it.
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None, source: str = "config", at: str = "") -> Self:
+        """Validate a mapping read from ``source`` (a file name); ``at`` is its key path in that file (``"train"``)."""
+        if values is None:
+            values = {}
+        if not isinstance(values, Mapping):
+            where = f"{at}: " if at else ""
+            raise ConfigError(f"{source}: {where}{values!r} is not a mapping of settings")
+        try:
+            return cls.model_validate(dict(values))
+        except ValidationError as error:
+            raise ConfigError(describe(error, cls, source, at)) from None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, section: str | None = None) -> Self:
+        """Validate a YAML file, or one top-level ``section`` of it."""
+        data = read_yaml(path)
+        if section is not None:
+            if not isinstance(data, Mapping) or section not in data:
+                found = sorted(data) if isinstance(data, Mapping) else []
+                raise ConfigError(f"{path}: no {section!r} section; found: {found}")
+            data = data[section]
+        return cls.from_dict(data, source=str(path), at=section or "")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (lists, not tuples), as YAML or a checkpoint stores them."""
+
+        def plain(value: Any) -> Any:
+            if isinstance(value, (tuple, list)):
+                return [plain(v) for v in value]
+            if isinstance(value, dict):
+                return {k: plain(v) for k, v in value.items()}
+            return value
+
+        return plain(self.model_dump())
+
+    def replace(self, **changes: Any) -> Self:
+        """A copy with ``changes``, validated like the original."""
+        return type(self).from_dict({**dict(self), **changes}, source=f"{type(self).__name__}.replace")
+
+
+# ----------------------------------------------------------------------------- RegAD, ResAD, evaluation
+class RegADConfig(Settings):
     """Every setting of one RegAD run. Defaults are the CPU-sized run on MobileNetV2.
 
     The paper's settings are in ``configs/regad_paper.yaml`` (ResNet-18, 224 px, 50 epochs,
@@ -42,11 +270,11 @@ class RegADConfig:
         normalize: Apply the backbone's ImageNet mean/std (the official code does not).
         stn_mode: Transform family of the STNs (``fsad.methods.regad.stn.STN_MODES``), or ``"none"``
             for no STN at all (the ablation "backbone + Siamese only").
-        image_size: Square input size (plain resize, no crop).
+        image_size: Square input size (plain resize, no crop); >= 32.
         epochs: Training epochs; the LAST epoch's weights are used (no test-set selection).
         batch_size: Queries per batch, all of one category.
         lr: SGD learning rate of the three optimisers.
-        momentum: SGD momentum.
+        momentum: SGD momentum, in [0, 1).
         freeze_backbone_bn: Keep the backbone's ImageNet batch-norm running statistics
             during training (its BN layers stay in eval mode; their affine weights still
             learn). ``False`` is the official code: training on single-category batches
@@ -59,51 +287,26 @@ class RegADConfig:
         blur_sigma: Gaussian blur of the anomaly map, in pixels.
         augment_support: Use the 22 support views (``False`` for the ablation).
         seed: Fixes model initialisation and every sampled batch.
-        device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     """
 
-    backbone: str = "mobilenet_v2"
+    backbone: Backbone = "mobilenet_v2"
     pretrained: bool = True
     normalize: bool = True
-    stn_mode: str = "rotation_scale"
-    image_size: int = 224
-    epochs: int = 50
-    batch_size: int = 32
-    lr: float = 1e-4
-    momentum: float = 0.9
+    stn_mode: StnMode = "rotation_scale"
+    image_size: Annotated[int, Field(ge=32)] = 224
+    epochs: Positive = 50
+    batch_size: Positive = 32
+    lr: PositiveFloat = 1e-4
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
     freeze_backbone_bn: bool = False
-    train_shots: tuple[int, ...] = (2, 4, 8)
-    batches_per_epoch: int | None = None
-    eps: float = 0.01
-    blur_sigma: float = 4.0
+    train_shots: Shots = (2, 4, 8)
+    batches_per_epoch: Positive | None = None
+    eps: Eps = 0.01
+    blur_sigma: BlurSigma = 4.0
     augment_support: bool = True
-    seed: int = 0
-    device: str = "auto"
-
-    def __post_init__(self):
-        object.__setattr__(self, "train_shots", tuple(int(k) for k in self.train_shots))
-        if not self.train_shots or min(self.train_shots) < 1:
-            raise ValueError(f"train_shots must list K >= 1, got {self.train_shots}")
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "config") -> RegADConfig:
-        """Build from a mapping; an unknown key is an error naming it and the known ones."""
-        return cls(**settings_of(cls, values, source, "RegAD"))
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, section: str | None = None) -> RegADConfig:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        if section is not None:
-            data = data[section]
-        return cls.from_dict(data, source=str(path))
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["train_shots"] = list(self.train_shots)
-        return d
-
-    def replace(self, **changes: Any) -> RegADConfig:
-        return dataclasses.replace(self, **changes)
+    seed: Seed = 0
+    device: Device = "auto"
 
 
 # Settings read only at test time (and where to run): changing them needs no retraining.
@@ -128,4 +331,153 @@ def resolve_device(name: str) -> str:
     return name
 
 
-__all__ = ["RegADConfig", "resolve_device"]
+class ResADSettings(Settings):
+    """Training settings of ResAD (``fsad.methods.resad``; CPU-sized defaults).
+
+    Attributes:
+        steps: Optimiser steps.
+        normal_per_step: Normal query images per step.
+        abnormal_per_step: Anomalous images per step.
+        train_shots: K of the reference pool, drawn per step.
+        lr: Adam learning rate.
+        margin: Boundary margin of the flow loss, nats per channel.
+        flow_blocks: Coupling layers per flow.
+        max_images: Cap on normal and on anomalous images per training category.
+        synthetic_per_category: Anomalies synthesised per category without masks.
+        textures: Folder of texture images for synthesis ("" for none: cut-and-paste and noise only).
+        seed: Seeds initialisation, sampling and synthesis.
+    """
+
+    steps: Positive = 300
+    normal_per_step: Positive = 4
+    abnormal_per_step: Positive = 4
+    train_shots: Shots = (2, 4, 8)
+    lr: PositiveFloat = 1e-3
+    margin: Annotated[float, Field(ge=0)] = 1.0
+    flow_blocks: Positive = 4
+    max_images: Positive = 120
+    synthetic_per_category: Count = 60
+    textures: str = str(DTD_MINI_DIR)
+    seed: Seed = 0
+
+
+class EvalSettings(Settings):
+    """The test-time settings of the ``evaluate`` section of params.yaml.
+
+    Attributes:
+        metrics: Metrics per support set (pixel metrics are NaN without masks).
+        eps: Ridge on the covariance diagonal.
+        blur_sigma: Gaussian blur of the anomaly maps, in pixels.
+        augment_support: Use the 22 views of each support image.
+        untrained_baseline: Also score the network with untrained STNs and backbone (the
+            reference that shows what registration training adds).
+    """
+
+    metrics: Metrics = ("image_auroc", "pixel_auroc", "aupro")
+    eps: Eps = 0.01
+    blur_sigma: BlurSigma = 4.0
+    augment_support: bool = True
+    untrained_baseline: bool = True
+
+    def apply(self, config: RegADConfig) -> RegADConfig:
+        """``config`` (from the checkpoint) with these test-time settings."""
+        return config.replace(eps=self.eps, blur_sigma=self.blur_sigma, augment_support=self.augment_support)
+
+
+# ----------------------------------------------------------------------------- the studies
+class StudyConfig(Settings):
+    """What every study shares: which data, which K, which support sets and metrics, which RegAD.
+
+    Attributes:
+        dataset: ``elpv`` (embedded), ``toy``, ``fsad-mini`` or a folder
+            (``fsad.study.experiment.resolve_dataset``).
+        categories: Target categories (``None``: all); training always uses all the others.
+        shots: The K values evaluated.
+        n_sets: Support sets per (category, K) (the paper: 10).
+        support_seed: Seed of the support-set draw.
+        metrics: Metrics per support set: ``image_auroc``, ``f1_max``, ``pixel_auroc``, ``aupro``.
+        regad: RegAD settings (in the comparison also the backbone, image size and device of every method).
+    """
+
+    dataset: Dataset = "toy"
+    categories: Categories | None = None
+    shots: Shots = (2, 4, 8)
+    n_sets: Positive = 10
+    support_seed: Seed = 0
+    metrics: Metrics = ("image_auroc", "pixel_auroc", "aupro")
+    regad: RegADConfig = Field(default_factory=RegADConfig)
+
+
+class ExperimentConfig(StudyConfig):
+    """One RegAD benchmark (``fsad run``, ``fsad.study.experiment``): the ``StudyConfig`` fields and these.
+
+    Attributes:
+        untrained_baseline: Also score the untrained network (registration off).
+        model_per_shot: Train one model per evaluated K (supports drawn with that K only),
+            as the official code does. The default ``False`` trains one model per held-out
+            category that serves every K: training draws K per batch from
+            ``regad.train_shots``, the test-time Gaussian is what depends on K, and it costs
+            1/len(shots) of the training time.
+    """
+
+    dataset: Dataset = "elpv"  # the embedded real data set; the method studies default to toy
+    metrics: Metrics = ("image_auroc", "pixel_auroc")
+    untrained_baseline: bool = True
+    model_per_shot: bool = False
+
+
+def _default_methods() -> tuple[str, ...]:
+    from fsad.study.comparison import DEFAULT_METHODS
+
+    return DEFAULT_METHODS
+
+
+class ComparisonConfig(StudyConfig):
+    """RegAD and its peers under one harness (``fsad.study.comparison``): the ``StudyConfig`` fields and these.
+
+    Attributes:
+        methods: Names in ``fsad.study.comparison.METHODS``.
+        regad_models: Folder holding ``<category>/regad.pt`` made by ``fsad.study.experiment``
+            (reused, not retrained); ``None``: ``out_dir/models``.
+        support_dir: Folder of the support-set JSON files; ``None``: ``out_dir/support_sets``.
+        spade, padim, patchcore: Keyword arguments of the method's class.
+        resad: ResAD's training settings.
+        regad_l: Keyword arguments of ``RegADL`` (``epochs``, ``pair_shots``).
+        cost_images: Test images scored in the cost measurement.
+        measure_costs: Measure costs (one fresh process per method, seconds each to start).
+    """
+
+    methods: Methods = Field(default_factory=_default_methods)
+    regad_models: str | None = None
+    support_dir: str | None = None
+    spade: dict[str, Any] = Field(default_factory=dict)
+    padim: dict[str, Any] = Field(default_factory=dict)
+    patchcore: dict[str, Any] = Field(default_factory=dict)
+    resad: ResADSettings = Field(default_factory=ResADSettings)
+    regad_l: dict[str, Any] = Field(default_factory=dict)
+    cost_images: Positive = 32
+    measure_costs: bool = True
+
+
+class AblationConfig(StudyConfig):
+    """The RegAD paper's ablations (``fsad.study.ablations``): the ``StudyConfig`` fields and these.
+
+    Attributes:
+        k_sweep: K values of the ``k_sweep`` variant.
+        stn_modes: STN modes trained for the ``stn_<mode>`` variants (default: all nine;
+            ``no_stn`` is always trained).
+        regad: The default RegAD settings; every variant changes one thing.
+        regad_models: Folder holding ``<category>/regad.pt`` of the default STN mode, reused.
+        support_dir: Folder of shared support-set JSON files, only read (the pipeline's
+            data_prep output); K values it lacks (the K sweep's) are drawn the same way into
+            ``out_dir/support_sets``. ``None``: everything goes to ``out_dir/support_sets``.
+    """
+
+    k_sweep: KSweep = (1, 2, 4, 8, 16)
+    stn_modes: StnModes = Field(default_factory=_stn_modes)
+    regad_models: str | None = None
+    support_dir: str | None = None
+
+
+__all__ = ["TEST_TIME_KEYS", "AblationConfig", "ComparisonConfig", "ConfigError", "EvalSettings", "ExperimentConfig", "RegADConfig",
+           "ResADSettings", "Settings", "StudyConfig", "describe", "names", "read_yaml", "resolve_device", "training_settings"]

@@ -1,7 +1,10 @@
 """Atomic file writes: a reader (or an interrupted DVC stage) never sees a half-written file.
 
 Every writer goes to a hidden temporary file in the target's folder and renames it over
-the target with ``os.replace``, which is atomic on one file system.
+the target with ``os.replace``, which is atomic on one file system. A writer killed
+outright (SIGKILL, power loss) cannot remove its temporary file; the temporary names hold
+the writer's process id, and the next write to the same target removes those whose
+process is gone (a live writer's file is left alone).
 
 Example:
     >>> write_json_atomic(tmp_path / "metrics.json", {"image_auroc": 0.91})  # doctest: +SKIP
@@ -14,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -25,17 +29,58 @@ from typing import Any
 import pandas as pd
 
 
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Remove the temporary files and folders that killed writers of ``path`` left beside it.
+
+    Only leftovers of ``atomic_path``/``atomic_dir`` for this very target are touched, and
+    only when the process that made them no longer runs.
+
+    Returns:
+        What was removed.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    # .NAME.PID-RANDOM.tmpSUFFIX (atomic_path), .NAME.partial-PID-HEX / .NAME.old-PID-HEX (atomic_dir)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(?:(\d+)-[^/]*\.tmp{re.escape(path.suffix)}|(?:partial|old)-(\d+)-[0-9a-f]+)")
+    removed = []
+    for candidate in path.parent.iterdir():
+        match = pattern.fullmatch(candidate.name)
+        if match is None or _process_alive(int(match.group(1) or match.group(2))):
+            continue
+        if candidate.is_dir() and not candidate.is_symlink():
+            shutil.rmtree(candidate, ignore_errors=True)
+        else:
+            candidate.unlink(missing_ok=True)
+        removed.append(candidate)
+    return removed
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` if the block succeeds.
 
     The temporary name keeps ``path``'s suffix, so writers that choose a format from the
     suffix (``savefig``, papermill) behave as for ``path`` itself. On an error the
-    temporary file is removed and ``path`` is left as it was.
+    temporary file is removed and ``path`` is left as it was; what killed writers of
+    ``path`` left is removed first (``remove_stale_temporaries``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-", suffix=f".tmp{path.suffix}")
     os.close(fd)
     try:
         yield Path(tmp)
@@ -56,7 +101,8 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tag = uuid.uuid4().hex[:12]
+    remove_stale_temporaries(path)
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
     partial = path.parent / f".{path.name}.partial-{tag}"
     partial.mkdir()
     try:
@@ -116,4 +162,4 @@ def save_figure_atomic(figure, path: str | Path, dpi: int = 120) -> Path:
     return Path(path)
 
 
-__all__ = ["atomic_dir", "atomic_path", "save_atomic", "save_figure_atomic", "write_csv_atomic", "write_json_atomic", "write_text_atomic"]
+__all__ = ["atomic_dir", "atomic_path", "remove_stale_temporaries", "save_atomic", "save_figure_atomic", "write_csv_atomic", "write_json_atomic", "write_text_atomic"]

@@ -100,9 +100,12 @@ def run_notebook(name: str, parameters: Mapping[str, Any], tag: str | None = Non
         available = sorted(p.stem for p in notebooks.glob("*.ipynb"))
         raise FileNotFoundError(f"fsad/notebook_runner.py: no notebook {source}; available: {available}")
     executed, exported = output_paths(name, tag, root)
-    with atomic_path(executed) as tmp:
-        papermill.execute_notebook(str(source), str(tmp), parameters=dict(parameters), kernel_name=KERNEL, language="python",
-                                   cwd=str(notebooks), log_output=log_output, progress_bar=True)
+    try:
+        with atomic_path(executed) as tmp:
+            papermill.execute_notebook(str(source), str(tmp), parameters=dict(parameters), kernel_name=KERNEL, language="python",
+                                       cwd=str(notebooks), log_output=log_output, progress_bar=True)
+    except papermill.PapermillExecutionError as error:  # the cell's own message (e.g. a params.yaml key), not papermill's traceback
+        raise RuntimeError(f"notebook {name} stopped in cell {error.exec_count}: {error.ename}: {error.evalue}") from None
     if not html:
         return executed, None
     body, _ = HTMLExporter().from_filename(str(executed))

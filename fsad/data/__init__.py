@@ -15,6 +15,7 @@ from fsad.data.support_sets import (
     make_support_sets,
     save_support_sets,
     support_samples,
+    support_sets_for,
 )
 from fsad.data.toy import make_toy_dataset
 
@@ -32,4 +33,5 @@ __all__ = [
     "read_mask",
     "save_support_sets",
     "support_samples",
+    "support_sets_for",
 ]

@@ -34,3 +34,8 @@ def load_masks(samples: Sequence[Sample], size: int) -> torch.Tensor:
 def as_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 images -> float32 in [0, 1]."""
     return images.float().div_(255)
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> float32 in [0, 1]; float images pass through."""
+    return as_float(images) if images.dtype == torch.uint8 else images

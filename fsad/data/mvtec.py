@@ -7,7 +7,10 @@ Layout (``DEFECT`` is any folder name other than ``good``)::
     ROOT/CATEGORY/test/DEFECT/*.png
     ROOT/CATEGORY/ground_truth/DEFECT/NAME_mask.png   (optional: without it, image metrics only)
 
-Images may be png, jpg, jpeg, bmp, tif or tiff (any letter case).
+Images may be png, jpg, jpeg, bmp, tif or tiff (any letter case). Hidden files and folders
+(``.DS_Store``, macOS's AppleDouble ``._NAME.png``) are skipped. Names are compared in
+Unicode NFC form, so a category copied from macOS (which writes decomposed names) is
+found under the name a user types.
 
 Example:
     >>> category = load_category("/work/shared/datasets/fsad-mini", "pcb")  # doctest: +SKIP
@@ -18,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +66,8 @@ class Category:
         test: ``test/*`` images, sorted by ``(defect, path)``.
         has_masks: True iff the category has a ``ground_truth`` folder, i.e. pixel metrics
             can be computed.
+        folder: The folder's name on disk when it differs from ``name`` (another Unicode
+            normal form); empty otherwise.
     """
 
     root: Path
@@ -69,20 +75,36 @@ class Category:
     train: tuple[Sample, ...]
     test: tuple[Sample, ...]
     has_masks: bool
+    folder: str = ""
 
     @property
     def path(self) -> Path:
-        """The category folder, ``root / name``."""
-        return self.root / self.name
+        """The category folder, ``root / name`` (as named on disk)."""
+        return self.root / (self.folder or self.name)
+
+
+def nfc(name: str) -> str:
+    """``name`` in Unicode normal form C: the form names are compared and recorded in."""
+    return unicodedata.normalize("NFC", name)
+
+
+def _visible(path: Path) -> bool:
+    # Hidden entries are the file system's or the OS's (.DS_Store, AppleDouble ._x.png), not data.
+    return not path.name.startswith(".")
 
 
 def _is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+    return _visible(path) and path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
 
 
 def _images_in(folder: Path) -> list[Path]:
-    # Non-image files (.DS_Store, notes, ...) are skipped so user folders need no cleaning.
+    # Non-image files (notes, ...) are skipped so user folders need no cleaning.
     return sorted(p for p in folder.iterdir() if _is_image(p))
+
+
+def _category_folders(root: Path) -> dict[str, str]:
+    """``{NFC name: name on disk}`` of the folders under ``root`` that hold ``train/good``."""
+    return {nfc(p.name): p.name for p in root.iterdir() if _visible(p) and (p / "train" / NORMAL).is_dir()}
 
 
 def list_categories(root: str | Path) -> list[str]:
@@ -92,7 +114,7 @@ def list_categories(root: str | Path) -> list[str]:
         root: The data set root.
 
     Returns:
-        Category names, sorted.
+        Category names (NFC), sorted.
 
     Raises:
         FileNotFoundError: ``root`` does not exist or holds no category.
@@ -101,25 +123,22 @@ def list_categories(root: str | Path) -> list[str]:
     if not root.is_dir():
         raise FileNotFoundError(f"fsad/data/mvtec.py: data set root {root} does not exist; "
                                 "pass the folder that holds the category folders")
-    names = sorted(p.name for p in root.iterdir() if (p / "train" / NORMAL).is_dir())
+    names = sorted(_category_folders(root))
     if not names:
         raise FileNotFoundError(f"fsad/data/mvtec.py: no category under {root}: a category is a "
                                 f"folder holding train/{NORMAL}/ (MVTec AD layout)")
     return names
 
 
-def _mask_path_for(category_path: Path, defect: str, image: Path) -> Path:
-    """The mask of ``image``; MVTec names it ``NAME_mask.png``, other suffixes are accepted too."""
+def _mask_path_for(category_path: Path, defect: str, image: Path) -> Path | None:
+    """The mask of ``image`` (``None``: none); MVTec names it ``NAME_mask.png``, other suffixes are accepted too."""
     folder = category_path / "ground_truth" / defect
-    expected = folder / f"{image.stem}{MASK_SUFFIX}.png"
     others = sorted(IMAGE_SUFFIXES - {".png"})
     for suffix in (".png", *others, *(s.upper() for s in (".png", *others))):
         candidate = folder / f"{image.stem}{MASK_SUFFIX}{suffix}"
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(f"fsad/data/mvtec.py: anomalous test image {image} has no mask; "
-                            f"expected {expected}. Add the mask, or remove the ground_truth "
-                            "folder of the category to evaluate at image level only")
+    return None
 
 
 def load_category(root: str | Path, name: str) -> Category:
@@ -134,15 +153,18 @@ def load_category(root: str | Path, name: str) -> Category:
 
     Raises:
         FileNotFoundError: unknown root or category (the message lists the available
-            categories), a missing ``train/good`` or ``test`` folder, or a missing mask.
+            categories), a missing ``train/good`` or ``test`` folder, or missing masks (the
+            message lists every anomalous image without one).
         ValueError: ``train/good`` or ``test`` holds no image.
     """
-    available = list_categories(root)
+    list_categories(root)  # the root's own errors first
     root = Path(root).expanduser().resolve()
-    category_path = root / name
-    if name not in available:
-        raise FileNotFoundError(f"fsad/data/mvtec.py: category {category_path} not found (no "
-                                f"train/{NORMAL} folder); available: {', '.join(available)}")
+    folders = _category_folders(root)
+    name = nfc(name)
+    if name not in folders:
+        raise FileNotFoundError(f"fsad/data/mvtec.py: category {root / name} not found (no "
+                                f"train/{NORMAL} folder); available: {', '.join(sorted(folders))}")
+    category_path = root / folders[name]
     train_images = _images_in(category_path / "train" / NORMAL)
     if not train_images:
         raise ValueError(f"fsad/data/mvtec.py: {category_path / 'train' / NORMAL} holds no image "
@@ -153,14 +175,23 @@ def load_category(root: str | Path, name: str) -> Category:
                                 f"expected {test_path}/{NORMAL}/ and {test_path}/DEFECT/")
     has_masks = (category_path / "ground_truth").is_dir()
     test: list[Sample] = []
-    for defect_folder in sorted(p for p in test_path.iterdir() if p.is_dir()):
-        defect = defect_folder.name
+    unmasked: list[Path] = []
+    for defect_folder in sorted(p for p in test_path.iterdir() if _visible(p) and p.is_dir()):
+        defect = nfc(defect_folder.name)
         for image in _images_in(defect_folder):
             if defect == NORMAL:
                 test.append(Sample(image, 0, defect, None))
             else:
-                mask = _mask_path_for(category_path, defect, image) if has_masks else None
+                mask = _mask_path_for(category_path, defect_folder.name, image) if has_masks else None
+                if has_masks and mask is None:
+                    unmasked.append(image)
                 test.append(Sample(image, 1, defect, mask))
+    if unmasked:
+        shown = "; ".join(f"{image} (expected {_expected_mask(category_path, image)})" for image in unmasked[:5])
+        more = f"; and {len(unmasked) - 5} more" if len(unmasked) > 5 else ""
+        raise FileNotFoundError(f"fsad/data/mvtec.py: category {name!r}: {len(unmasked)} anomalous test "
+                                f"image(s) have no mask: {shown}{more}. Add the masks, or remove the "
+                                "ground_truth folder of the category to evaluate at image level only")
     if not test:
         raise ValueError(f"fsad/data/mvtec.py: {test_path} holds no image in any sub-folder")
     return Category(
@@ -169,7 +200,12 @@ def load_category(root: str | Path, name: str) -> Category:
         train=tuple(Sample(p, 0, NORMAL, None) for p in train_images),
         test=tuple(sorted(test, key=lambda s: (s.defect, s.path))),
         has_masks=has_masks,
+        folder=folders[name] if folders[name] != name else "",
     )
+
+
+def _expected_mask(category_path: Path, image: Path) -> Path:
+    return category_path / "ground_truth" / image.parent.name / f"{image.stem}{MASK_SUFFIX}.png"
 
 
 def _as_hw(size: int | tuple[int, int]) -> tuple[int, int]:
@@ -219,12 +255,13 @@ def _image_size(path: Path) -> tuple[int, int]:
         raise ValueError(f"fsad/data/mvtec.py: cannot read image {path} ({error})") from error
 
 
-def read_image(path: str | Path, size: int | tuple[int, int]) -> torch.Tensor:
+def read_image(path: str | Path, size: int | tuple[int, int] | None) -> torch.Tensor:
     """Read an image as RGB and resize it (whole image, no crop).
 
     Args:
-        path: Image file; grey, palette, RGBA (alpha dropped) and 16-bit images are accepted.
-        size: Output side, or ``(height, width)``.
+        path: Image file; grey, palette, RGBA (alpha dropped) and 16-bit (grey or RGB, PNG
+            or TIFF) images are accepted.
+        size: Output side, or ``(height, width)``; ``None`` keeps the image's own size.
 
     Returns:
         ``3 x H x W`` float32 in [0, 1].
@@ -232,8 +269,16 @@ def read_image(path: str | Path, size: int | tuple[int, int]) -> torch.Tensor:
     Raises:
         ValueError: the file cannot be decoded.
     """
-    height, width = _as_hw(size)
     pixels = torch.from_numpy(_decode(Path(path))).permute(2, 0, 1)  # C x h x w
+    return resize_image(pixels, pixels.shape[1:] if size is None else size)
+
+
+def resize_image(pixels: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """``read_image``'s resize: C x h x w pixels (C = 1 or 3) -> ``3 x H x W``, antialiased bilinear.
+
+    ``resize_image(read_image(path, None), size)`` equals ``read_image(path, size)``.
+    """
+    height, width = _as_hw(tuple(size) if not isinstance(size, int) else size)
     if pixels.shape[1:] != (height, width):
         # antialias: without it, downscaling 900 px MVTec images aliases fine textures.
         pixels = F.interpolate(pixels[None], size=(height, width), mode="bilinear",

@@ -9,7 +9,7 @@ from fsad.methods.padim import PaDiM
 from fsad.methods.patchcore import PatchCore
 from fsad.methods.regad.detector import RegADMethod
 from fsad.methods.regad_l import RegADL
-from fsad.methods.resad import ResAD, ResADSettings
+from fsad.methods.resad import ResAD
 from fsad.methods.spade import SPADE
 
-__all__ = ["SPADE", "Detector", "PaDiM", "PatchCore", "RegADL", "RegADMethod", "ResAD", "ResADSettings", "Scores"]
+__all__ = ["SPADE", "Detector", "PaDiM", "PatchCore", "RegADL", "RegADMethod", "ResAD", "Scores"]

@@ -8,6 +8,12 @@ it against every support set (``predict_embedded``). Methods whose embedding cha
 the support set (RegAD-L retrains its network in ``fit``) set
 ``embedding_depends_on_support``.
 
+A fitted detector is saved and loaded without refitting: ``state`` returns everything
+``fit`` built plus the weights of its networks (so loading needs no weight file), and
+``load_state`` puts it back into a detector built with the same settings, refusing a
+state of another method or architecture. ``fsad.methods.registry.save_detector`` and
+``load_detector`` write and read a whole detector folder.
+
 Example:
     >>> method = PaDiM(build_backbone("mobilenet_v2"), image_size=128)  # any Detector
     >>> method.fit(support)  # K x 3 x 128 x 128 uint8
@@ -19,12 +25,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from fsad.components.backbones import FeatureExtractor
-from fsad.data.loading import as_float
+from fsad.components.gaussian import Gaussian
+from fsad.data.loading import to_float
 
 # What ``embed`` returns: tensors whose first dimension indexes the images.
 Embedding = tuple[torch.Tensor, ...]
@@ -50,10 +58,14 @@ class Detector(ABC):
     Attributes:
         name: Registry name (the ``method`` column of the results).
         embedding_depends_on_support: True when ``embed`` must run after every ``fit``.
+        min_support: The fewest support images ``fit`` accepts.
+        image_size: Side of the square images it takes and the maps it returns.
     """
 
     name: str = ""
     embedding_depends_on_support: bool = False
+    min_support: int = 1
+    image_size: int
 
     @abstractmethod
     def embed(self, images: torch.Tensor) -> Embedding:
@@ -71,10 +83,64 @@ class Detector(ABC):
         """``predict_embedded(embed(images))``."""
         return self.predict_embedded(self.embed(images))
 
+    @abstractmethod
+    def state(self) -> dict[str, Any]:
+        """The fitted detector as tensors and plain values (CPU), for ``torch.save``.
 
-def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images -> float32 in [0, 1]; float images pass through."""
-    return as_float(images) if images.dtype == torch.uint8 else images
+        Holds ``method`` and ``architecture`` (what ``load_state`` checks), the weights of
+        every network it runs, and what ``fit`` built. Raises ``RuntimeError`` before ``fit``.
+        """
+
+    @abstractmethod
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore a ``state()`` of a detector built with the same settings; no refit.
+
+        Raises:
+            ValueError: ``state`` was saved by another method or architecture.
+        """
+
+    def architecture(self) -> dict[str, Any]:
+        """What a state must match to load into this detector (the ``method`` aside)."""
+        return {}
+
+    def _state(self, fitted: Any, **parts: Any) -> dict[str, Any]:
+        """A ``state()`` dict: method, architecture and ``parts``; refuses an unfitted detector."""
+        if fitted is None:
+            raise RuntimeError(f"fsad/methods: {self.name} is not fitted; call fit(support) before saving it")
+        return {"method": self.name, "architecture": self.architecture(), **parts}
+
+    def _check_state(self, state: dict[str, Any]) -> None:
+        """Refuse a state of another method or architecture, naming what differs."""
+        if state.get("method") != self.name:
+            raise ValueError(f"fsad/methods: this detector state was saved by method {state.get('method')!r}, "
+                             f"not {self.name!r}; load it as {state.get('method')!r}")
+        saved, wanted = state.get("architecture", {}), self.architecture()
+        diff = [f"{k}: saved {saved.get(k)!r} vs {wanted[k]!r}" for k in wanted if saved.get(k) != wanted[k]]
+        if diff:
+            raise ValueError(f"fsad/methods: the {self.name} state has another architecture ({', '.join(diff)}); "
+                             "build the detector with the settings it was saved with")
+
+
+def module_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A module's ``state_dict`` as CPU tensors (a saved state loads on any device)."""
+    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+
+
+def backbone_architecture(backbone: FeatureExtractor, image_size: int) -> dict[str, Any]:
+    """The backbone name, stage channels and input size: what a saved state's tensors depend on."""
+    return {"backbone": backbone.name, "channels": list(backbone.channels), "image_size": image_size}
+
+
+def gaussian_state(gaussian: Gaussian) -> dict[str, Any]:
+    """A per-position Gaussian as a dict of CPU tensors and plain values."""
+    return {"mean": gaussian.mean.cpu(), "factor": gaussian.factor.cpu(), "eps": gaussian.eps,
+            "low_rank": gaussian.low_rank, "size": list(gaussian.size)}
+
+
+def gaussian_from_state(state: dict[str, Any], device: str) -> Gaussian:
+    """The ``Gaussian`` of ``gaussian_state``, on ``device``."""
+    return Gaussian(mean=state["mean"].to(device), factor=state["factor"].to(device), eps=state["eps"],
+                    low_rank=state["low_rank"], size=tuple(state["size"]))
 
 
 @torch.no_grad()

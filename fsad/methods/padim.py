@@ -16,6 +16,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from fsad.components.anomaly_map import anomaly_map, image_scores
@@ -23,12 +25,16 @@ from fsad.components.backbones import FeatureExtractor
 from fsad.components.gaussian import Gaussian, fit_gaussian, mahalanobis
 from fsad.components.views import support_views
 from fsad.methods.base import (
-    Embedding,
     Detector,
+    Embedding,
     Scores,
+    backbone_architecture,
     batched,
     concat_stages,
     frozen,
+    gaussian_from_state,
+    gaussian_state,
+    module_state,
     to_float,
 )
 
@@ -66,6 +72,7 @@ class PaDiM(Detector):
         self.backbone = frozen(backbone, device)
         self.channels = random_channels(sum(backbone.channels), n_channels, seed)
         self.name = "padim_views" if augment_support else "padim"
+        self.min_support = 1 if augment_support else 2
         self.image_size, self.augment_support, self.eps, self.sigma, self.device = image_size, augment_support, eps, sigma, device
         self.gaussian: Gaussian | None = None
 
@@ -84,6 +91,20 @@ class PaDiM(Detector):
             raise ValueError("fsad/methods/padim.py: a covariance needs >= 2 support features; use K >= 2 or augment_support=True")
         (features,) = self.embed(x)
         self.gaussian = fit_gaussian(features.to(self.device), eps=self.eps)
+
+    def architecture(self) -> dict[str, Any]:
+        return backbone_architecture(self.backbone, self.image_size)
+
+    def state(self) -> dict[str, Any]:
+        """Backbone weights, the channel draw (d) and the per-position Gaussian."""
+        return self._state(self.gaussian, backbone=module_state(self.backbone), channels=self.channels,
+                           gaussian=gaussian_state(self.gaussian) if self.gaussian else None)
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self._check_state(state)
+        self.backbone.load_state_dict(state["backbone"])
+        self.channels = state["channels"]
+        self.gaussian = gaussian_from_state(state["gaussian"], self.device)
 
     def predict_embedded(self, embedded: Embedding) -> Scores:
         if self.gaussian is None:

@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,11 +27,13 @@ import torch.nn.functional as F
 from fsad.components.anomaly_map import anomaly_map
 from fsad.components.backbones import FeatureExtractor
 from fsad.methods.base import (
-    Embedding,
     Detector,
+    Embedding,
     Scores,
+    backbone_architecture,
     batched,
     frozen,
+    module_state,
     nearest_distances,
     positions,
 )
@@ -134,6 +137,19 @@ class PatchCore(Detector):
             count = max(1, round(self.coreset_ratio * len(patches)))
             patches = patches[greedy_coreset(patches, count, self.projection_dim, self.seed).to(self.device)]
         self.bank = patches
+
+    def architecture(self) -> dict[str, Any]:
+        return backbone_architecture(self.backbone, self.image_size)
+
+    def state(self) -> dict[str, Any]:
+        """Backbone weights and the memory bank (M x D)."""
+        return self._state(self.bank, backbone=module_state(self.backbone),
+                           bank=self.bank.cpu() if self.bank is not None else None)
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self._check_state(state)
+        self.backbone.load_state_dict(state["backbone"])
+        self.bank = state["bank"].to(self.device)
 
     def predict_embedded(self, embedded: Embedding) -> Scores:
         if self.bank is None:

@@ -40,8 +40,9 @@ class RegADL(RegADMethod):
 
     def __init__(self, config: RegADConfig, epochs: int = 30, pair_shots: int = 2):
         self.epochs, self.pair_shots = epochs, pair_shots
-        # The untrained network stands in until the first fit replaces it.
+        # The untrained network stands in until the first fit (or load_state) replaces it.
         super().__init__(build_model(config), config, name=self.name)
+        self.min_support = 2  # training pairs a query with another support image
 
     def _train(self, support: torch.Tensor) -> None:
         k = len(support)

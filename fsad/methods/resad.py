@@ -32,10 +32,10 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,54 +46,23 @@ from tqdm.auto import tqdm
 from fsad.components.anomaly_map import anomaly_map, image_scores
 from fsad.components.backbones import FeatureExtractor
 from fsad.components.flow import Flow
+from fsad.config import ResADSettings
+from fsad.data.fingerprint import PARTS, category_fingerprint
 from fsad.data.loading import load_images, load_masks
 from fsad.data.mvtec import Category
 from fsad.data.synthesis import AnomalySynthesizer, textures_from_folder
 from fsad.io import save_atomic
 from fsad.methods.base import (
-    Embedding,
     Detector,
+    Embedding,
     Scores,
+    backbone_architecture,
     batched,
     frozen,
+    module_state,
     nearest_distances,
     positions,
 )
-from fsad.paths import DTD_MINI_DIR
-
-
-@dataclass(frozen=True)
-class ResADSettings:
-    """Training settings of ResAD (CPU-sized defaults).
-
-    Attributes:
-        steps: Optimiser steps.
-        normal_per_step: Normal query images per step.
-        abnormal_per_step: Anomalous images per step.
-        train_shots: K of the reference pool, drawn per step.
-        lr: Adam learning rate.
-        margin: Boundary margin of the flow loss, nats per channel.
-        flow_blocks: Coupling layers per flow.
-        max_images: Cap on normal and on anomalous images per training category.
-        synthetic_per_category: Anomalies synthesised per category without masks.
-        textures: Folder of texture images for synthesis ("" for none: cut-and-paste and noise only).
-        seed: Seeds initialisation, sampling and synthesis.
-    """
-
-    steps: int = 300
-    normal_per_step: int = 4
-    abnormal_per_step: int = 4
-    train_shots: tuple[int, ...] = (2, 4, 8)
-    lr: float = 1e-3
-    margin: float = 1.0
-    flow_blocks: int = 4
-    max_images: int = 120
-    synthetic_per_category: int = 60
-    textures: str = str(DTD_MINI_DIR)
-    seed: int = 0
-
-    def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "train_shots": list(self.train_shots)}
 
 
 def residuals(features: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -204,6 +173,24 @@ class ResAD(Detector):
     def fit(self, support: torch.Tensor) -> None:
         self.references = [positions(f).to(self.device) for f in self.embed(support)]  # per stage: (K h w) x C
 
+    def architecture(self) -> dict[str, Any]:
+        return backbone_architecture(self.backbone, self.image_size)
+
+    def state(self) -> dict[str, Any]:
+        """Backbone and head weights, the head's flow size, and the reference pools ((K h w) x C per stage)."""
+        flows = len(self.head.flows[0].couplings)
+        return self._state(self.references, backbone=module_state(self.backbone), head=module_state(self.head),
+                           flow_blocks=flows, references=[r.cpu() for r in self.references or ()])
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self._check_state(state)
+        self.backbone.load_state_dict(state["backbone"])
+        # The seed only initialises the flows' permutations, which the state dict then overwrites.
+        head = ResADHead(self.backbone.channels, state["flow_blocks"])
+        head.load_state_dict(state["head"])
+        self.head = head.to(self.device).eval()
+        self.references = [r.to(self.device) for r in state["references"]]
+
     @torch.no_grad()
     def predict_embedded(self, embedded: Embedding) -> Scores:
         if self.references is None:
@@ -288,10 +275,30 @@ class ResAD(Detector):
         self.head.eval()
         return {p.name: p.source for p in pools}
 
-    def save(self, path: Path, settings: ResADSettings, sources: dict[str, str]) -> None:
-        """Write the head, the settings and the anomaly sources to ``path``."""
+    def save(self, path: Path, settings: ResADSettings, sources: dict[str, str], categories: Sequence[Category] = ()) -> None:
+        """Write the head, the settings, the anomaly sources and the fingerprints of the training
+        ``categories``' files to ``path`` (all of them: real anomalies come from their test images)."""
         save_atomic({"head": self.head.state_dict(), "settings": settings.to_dict(), "sources": sources,
-                     "backbone": self.backbone.name, "image_size": self.image_size}, Path(path))
+                     "backbone": self.backbone.name, "image_size": self.image_size,
+                     "train_fingerprints": {c.name: category_fingerprint(c, PARTS) for c in categories}}, Path(path))
+
+    @staticmethod
+    def saved_differences(path: Path, settings: ResADSettings, categories: Sequence[Category]) -> list[str]:
+        """What differs between the head saved at ``path`` and the training asked for (empty: reuse it).
+
+        A file without fingerprints (an older fsad wrote it) counts as changed: retraining takes minutes.
+        """
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        saved, wanted = state["settings"], settings.to_dict()
+        changed = [f"{k}: {saved.get(k)!r} -> {wanted[k]!r}" for k in sorted(wanted) if saved.get(k) != wanted[k]]
+        recorded = state.get("train_fingerprints")
+        now = {c.name: category_fingerprint(c, PARTS) for c in categories}
+        if recorded is None:
+            changed.append("it records no fingerprint of its training data (an older fsad wrote it)")
+        elif recorded != now:
+            names = sorted(n for n in {*recorded, *now} if recorded.get(n) != now.get(n))
+            changed.append(f"the files of training categor{'y' if len(names) == 1 else 'ies'} {', '.join(names)} changed")
+        return changed
 
     def load(self, path: Path) -> dict:
         """Load a head saved by ``save``; returns the saved record (settings, sources)."""

@@ -18,17 +18,21 @@ Example:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from fsad.components.anomaly_map import anomaly_map
 from fsad.components.backbones import FeatureExtractor
 from fsad.methods.base import (
-    Embedding,
     Detector,
+    Embedding,
     Scores,
+    backbone_architecture,
     batched,
     concat_stages,
     frozen,
+    module_state,
     nearest_distances,
     positions,
 )
@@ -67,6 +71,18 @@ class SPADE(Detector):
 
     def fit(self, support: torch.Tensor) -> None:
         self.support = self.embed(support)
+
+    def architecture(self) -> dict[str, Any]:
+        return backbone_architecture(self.backbone, self.image_size)
+
+    def state(self) -> dict[str, Any]:
+        """Backbone weights and the support embeddings (pooled N x C_3, pixels N x D x h x w)."""
+        return self._state(self.support, backbone=module_state(self.backbone), support=list(self.support or ()))
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self._check_state(state)
+        self.backbone.load_state_dict(state["backbone"])
+        self.support = tuple(state["support"])
 
     def predict_embedded(self, embedded: Embedding) -> Scores:
         if self.support is None:

@@ -22,17 +22,15 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from fsad.data.mvtec import Category, list_categories, load_category
-from fsad.data.official_support import import_official_support
-from fsad.data.support_sets import make_support_sets, save_support_sets
+from fsad.data.support_sets import support_sets_for
 from fsad.io import atomic_dir, write_json_atomic
 from fsad.paths import ROOT
 from fsad.pipeline import layout
+from fsad.study.preflight import preflight
 from fsad.pipeline.manifest import dataset_root
 from fsad.reporting.paper import benchmark_of
 
 SUPPORT_SOURCES = ("draw", "official")
-# The seed recorded in support-set files imported from the official RegAD files (not drawn).
-OFFICIAL_SEED = -1
 
 
 def file_md5(path: Path, chunk: int = 2**20) -> str:
@@ -64,36 +62,6 @@ def category_manifests(category: Category, dataset: str) -> tuple[dict[str, Any]
     return train, test
 
 
-def check_targets(targets: Sequence[str], available: Sequence[str], root: Path) -> None:
-    """Every target must be a category of the data set, and leave-one-out needs two categories.
-
-    Raises:
-        ValueError: naming the unknown categories and the data set's categories.
-    """
-    unknown = [t for t in targets if t not in available]
-    if unknown or not targets:
-        raise ValueError(f"fsad/pipeline/data_prep.py: data.categories lists {unknown or 'nothing'}, not categories of "
-                         f"{root} (its categories: {list(available)}); set data.categories in params.yaml to some of them, "
-                         f"e.g. dvc exp run -S 'data.categories={list(available)}'")
-    if len(available) < 2:
-        raise ValueError(f"fsad/pipeline/data_prep.py: {root} has one category; leave-one-out training needs two or more")
-
-
-def support_sets_for(category: Category, shots: Sequence[int], n_sets: int, seed: int,
-                     source: str) -> tuple[dict[int, list[list[str]]], int]:
-    """The category's support sets, drawn (``draw``) or imported from the official files (``official``).
-
-    Returns:
-        The sets and the seed to record (``OFFICIAL_SEED`` for imported ones).
-    """
-    if source == "draw":
-        return make_support_sets(category, shots, n_sets, seed), seed
-    if source == "official":
-        sets = import_official_support(category, layout.OFFICIAL_SUPPORT_DIR, shots)
-        return {k: s[:n_sets] for k, s in sets.items()}, OFFICIAL_SEED
-    raise ValueError(f"fsad/pipeline/data_prep.py: support.source is {source!r}; choose one of {SUPPORT_SOURCES}")
-
-
 def prepare_data(dataset: str, targets: Sequence[str], shots: Sequence[int], n_sets: int, seed: int,
                  source: str = "draw", progress: bool = True) -> dict[str, Any]:
     """Resolve (or build) the data set, write its manifests and the targets' support sets.
@@ -114,9 +82,11 @@ def prepare_data(dataset: str, targets: Sequence[str], shots: Sequence[int], n_s
     Returns:
         The content of ``dataset.json``.
     """
+    if source not in SUPPORT_SOURCES:
+        raise ValueError(f"fsad/pipeline/data_prep.py: support.source is {source!r}; choose one of {SUPPORT_SOURCES}")
     root = dataset_root(dataset)
+    preflight(root, targets, shots)  # every file the later stages read, before any of them runs
     names = list_categories(root)
-    check_targets(targets, names, root)
     categories = {name: load_category(root, name) for name in names}
     summary = {
         "dataset": dataset, "root": _display_root(root), "categories": names,
@@ -139,10 +109,10 @@ def prepare_data(dataset: str, targets: Sequence[str], shots: Sequence[int], n_s
                                "files": {n: train_files[n] for n in others}})
         write_json_atomic(prepared / layout.DATASET_MANIFEST.name, summary)
     with atomic_dir(layout.SUPPORT_DIR) as support:
-        for name in targets:
-            sets, recorded_seed = support_sets_for(categories[name], shots, n_sets, seed, source)
-            save_support_sets(support / f"{name}.json", categories[name], sets, recorded_seed)
+        official_dir = layout.OFFICIAL_SUPPORT_DIR if source == "official" else None
+        for name in targets:  # a fresh folder: every file is made (official ones recorded with seed -1)
+            support_sets_for(categories[name], shots, n_sets, seed, support, official_dir=official_dir)
     return summary
 
 
-__all__ = ["category_manifests", "check_targets", "file_md5", "prepare_data", "support_sets_for"]
+__all__ = ["category_manifests", "file_md5", "prepare_data"]

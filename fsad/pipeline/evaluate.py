@@ -1,8 +1,8 @@
 """Stage ``evaluate@<category>``: every support set of every K scored, per-category metrics written.
 
-The metrics come from :func:`fsad.study.evaluation.evaluate_category`, the function ``fsad run``
-uses too. For the figures, the first support set of every K is scored once more and its
-anomaly maps kept: per-image scores (ROC curves) and the best and worst test images.
+The metrics come from :func:`fsad.study.evaluation.evaluate_detector`, the loop every study
+uses. For the figures, the same loop keeps the anomaly maps of the first support set of every
+K: per-image scores (ROC curves) and the best and worst test images.
 
 Example:
     >>> out = evaluate_target("mono", EvalSettings(metrics=("image_auroc",)))  # doctest: +SKIP
@@ -18,50 +18,18 @@ from typing import Any
 import pandas as pd
 import torch
 
-from fsad.components.anomaly_map import image_scores
-from fsad.config import RegADConfig, resolve_device
-from fsad.data.loading import load_images
+from fsad.config import EvalSettings, RegADConfig
 from fsad.data.mvtec import Category
-from fsad.data.support_sets import support_samples
 from fsad.io import write_csv_atomic, write_json_atomic
-from fsad.methods.regad.checkpoint import build_model, load_model
+from fsad.methods.regad.checkpoint import load_model
+from fsad.methods.regad.detector import RegADMethod
 from fsad.methods.regad.network import RegAD
 from fsad.pipeline import layout
 from fsad.pipeline.manifest import prepared_category, prepared_support_sets
-from fsad.seed import seed_everything
-from fsad.study.evaluation import (
-    TestSet,
-    evaluate_category,
-    extract_features,
-    fit_support,
-    score_maps,
-)
+from fsad.study.evaluation import TestSet, evaluate_detector, per_image_scores
+from fsad.methods.regad.checkpoint import untrained_regad
 
 FIGURE_SET = 0  # the support set whose maps the figures show (the same one for every K)
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    """The test-time settings of the ``evaluate`` section of params.yaml.
-
-    Attributes:
-        metrics: Metrics per support set (pixel metrics are NaN without masks).
-        eps: Ridge on the covariance diagonal.
-        blur_sigma: Gaussian blur of the anomaly maps, in pixels.
-        augment_support: Use the 22 views of each support image.
-        untrained_baseline: Also score the network with untrained STNs and backbone (the
-            reference that shows what registration training adds).
-    """
-
-    metrics: tuple[str, ...] = ("image_auroc", "pixel_auroc", "aupro")
-    eps: float = 0.01
-    blur_sigma: float = 4.0
-    augment_support: bool = True
-    untrained_baseline: bool = True
-
-    def apply(self, config: RegADConfig) -> RegADConfig:
-        """``config`` (from the checkpoint) with these test-time settings."""
-        return config.replace(eps=self.eps, blur_sigma=self.blur_sigma, augment_support=self.augment_support)
 
 
 @dataclass
@@ -71,11 +39,11 @@ class Evaluation:
     Attributes:
         category: The evaluated category.
         config: The settings the maps were made with.
-        rows: One row per (variant, K, support set) with the metrics.
-        scores: One row per (variant, K, test image) of the figure support set: label, score.
-        maps: ``(variant, K) -> N x S x S`` anomaly maps of the figure support set.
+        rows: One row per (method, K, support set) with the metrics.
+        scores: One row per (method, K, test image) of the figure support set: label, score.
+        maps: ``(method, K) -> N x S x S`` anomaly maps of the figure support set.
         test: The test images, labels and masks.
-        models: ``variant -> network``.
+        models: ``method -> network``.
     """
 
     category: Category
@@ -93,48 +61,37 @@ def variants(target: str, settings: EvalSettings) -> tuple[RegADConfig, dict[str
     config = settings.apply(config)
     models = {"regad": model}
     if settings.untrained_baseline:
-        seed_everything(config.seed)
-        models["untrained"] = build_model(config.replace(pretrained=True)).eval()
+        models["untrained"] = untrained_regad(config.replace(pretrained=True))
     return config, models
 
 
-def figure_maps(model: RegAD, config: RegADConfig, category: Category, support_sets: dict[int, list[list[str]]],
-                test: TestSet) -> dict[int, torch.Tensor]:
-    """K -> N x S x S anomaly maps of the test images against support set ``FIGURE_SET``."""
-    device = resolve_device(config.device)
-    features = extract_features(model, test.images, device)  # N x D x h x w
-    maps = {}
-    for k in sorted(support_sets):
-        support = load_images(support_samples(category, support_sets[k][FIGURE_SET]), config.image_size)  # K x 3 x S x S
-        maps[k] = score_maps(fit_support(model, support, config, device), features, config, device)  # N x S x S
-    return maps
-
-
 def evaluate_target(target: str, settings: EvalSettings, progress: bool = True) -> Evaluation:
-    """Score ``target``'s test set with every support set, for the trained model (and the untrained one)."""
+    """Score ``target``'s test set with every support set, for the trained model (and the untrained one).
+
+    The maps of support set ``FIGURE_SET`` of every K are kept from the same loop, for the figures.
+    """
     category = prepared_category(target)
     support_sets = prepared_support_sets(category)
     config, models = variants(target, settings)
     test = TestSet.load(category, config.image_size)
     rows, scores, maps = [], [], {}
-    files = [s.path.relative_to(category.path).as_posix() for s in category.test]
-    for variant, model in models.items():
-        for row in evaluate_category(model, config, category, support_sets, settings.metrics, test, progress):
-            rows.append({"variant": variant, **row})
-        for k, variant_maps in figure_maps(model, config, category, support_sets, test).items():
-            maps[(variant, k)] = variant_maps
-            scores.append(pd.DataFrame({"variant": variant, "shots": k, "support_set": FIGURE_SET, "file": files,
-                                        "label": test.labels, "score": image_scores(variant_maps).numpy()}))
+    for name, model in models.items():
+        run = evaluate_detector(RegADMethod(model, config, name=name), category, support_sets, test, settings.metrics,
+                                keep=[(k, FIGURE_SET) for k in support_sets], progress=progress)
+        rows += run.rows
+        for (k, _), kept in sorted(run.kept.items()):
+            maps[(name, k)] = kept.maps
+            scores.append(pd.DataFrame({"method": name, "shots": k, "support_set": FIGURE_SET, **per_image_scores(kept, test)}))
     return Evaluation(category, config, pd.DataFrame(rows), pd.concat(scores, ignore_index=True), maps, test, models)
 
 
-def metrics_summary(rows: pd.DataFrame, metrics: Sequence[str], variant: str = "regad") -> dict[str, Any]:
-    """``{"K2": {metric: mean over support sets}}`` of one variant, for ``dvc metrics show``.
+def metrics_summary(rows: pd.DataFrame, metrics: Sequence[str], method: str = "regad") -> dict[str, Any]:
+    """``{"K2": {metric: mean over support sets}}`` of one method, for ``dvc metrics show``.
 
     Standard deviations and the untrained reference are in ``results.csv`` and Table 1;
     keeping them out leaves ``dvc metrics show`` one readable row per category.
     """
-    part = rows[rows["variant"] == variant]
+    part = rows[rows["method"] == method]
     return {f"K{k}": {m: float(group[m].mean()) for m in metrics} for k, group in part.groupby("shots")}
 
 
@@ -148,4 +105,4 @@ def write_evaluation(evaluation: Evaluation, metrics: Sequence[str]) -> dict[str
     return summary
 
 
-__all__ = ["EvalSettings", "Evaluation", "evaluate_target", "metrics_summary", "write_evaluation"]
+__all__ = ["Evaluation", "evaluate_target", "metrics_summary", "write_evaluation"]

@@ -12,28 +12,18 @@ from pathlib import Path
 from fsad.paths import DATA_DIR, MODELS_DIR, REPORTS_DIR, ROOT
 
 PARAMS_FILE = ROOT / "params.yaml"
-NOTEBOOKS_DIR = ROOT / "notebooks"
-# Data sets a lab tracks with DVC (`dvc add data/datasets/mvtec_ad`) and the official
-# RegAD support-set files; both folders are dependencies of the data_prep stage.
-DATASETS_DIR = DATA_DIR / "datasets"
+# The official RegAD support-set files (a dependency of the data_prep stage, like data/datasets).
 OFFICIAL_SUPPORT_DIR = DATA_DIR / "official_support"
 PREPARED_DIR = DATA_DIR / "prepared"
 DATASET_MANIFEST = PREPARED_DIR / "dataset.json"
 SUPPORT_DIR = DATA_DIR / "support_sets"
 RESULTS_DIR = ROOT / "results"
 FIGURES_DIR = REPORTS_DIR / "figures"
-EXECUTED_DIR = REPORTS_DIR / "notebooks"
-HTML_DIR = REPORTS_DIR / "html"
 
 
 def train_manifest(category: str) -> Path:
     """Files and checksums of a category's ``train/good`` images."""
     return PREPARED_DIR / "train" / f"{category}.json"
-
-
-def test_manifest(category: str) -> Path:
-    """Files and checksums of a category's test images and masks."""
-    return PREPARED_DIR / "test" / f"{category}.json"
 
 
 def training_set_manifest(target: str) -> Path:
@@ -48,9 +38,7 @@ def support_file(category: str) -> Path:
 
 def model_path(category: str) -> Path:
     """RegAD trained on every category but ``category`` (leave-one-out)."""
-    from fsad.methods.regad.training import (
-        MODEL_NAME,  # imported here: torch stays out of `fsad --help`
-    )
+    from fsad.methods.regad.training import MODEL_NAME  # imported here: torch stays out of `fsad --help`
 
     return MODELS_DIR / category / MODEL_NAME
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from fsad.data.mvtec import Category, load_category
 from fsad.data.support_sets import load_support_sets
+from fsad.paths import ROOT
 from fsad.pipeline import layout
 
 
@@ -22,11 +23,12 @@ def dataset_root(dataset: str) -> Path:
 
     ``fsad.study.experiment`` is imported here rather than at the top: dvc.yaml declares each
     stage's module-level imports as its code dependencies, and the data's content is
-    tracked by the manifests' checksums, not by the code that locates it.
+    tracked by the manifests' checksums, not by the code that locates it. A relative folder
+    is the project root's (params.yaml's), whatever the current directory.
     """
     from fsad.study.experiment import resolve_dataset
 
-    return resolve_dataset(dataset)
+    return resolve_dataset(dataset, base=ROOT)
 
 
 def load_manifest() -> dict[str, Any]:

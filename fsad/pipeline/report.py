@@ -81,19 +81,19 @@ def choose_benchmark(paper: str, detected: str | None) -> str | None:
     return None if paper == "none" else paper
 
 
-def _markdown(long_by_variant: dict[str, pd.DataFrame], summary: pd.DataFrame, metrics: Sequence[str],
+def _markdown(long_by_method: dict[str, pd.DataFrame], summary: pd.DataFrame, metrics: Sequence[str],
               dataset: str, benchmark: str | None, n_sets: int) -> str:
     lines = [f"# Table 1: {dataset}", "",
              f"AUROC in %, mean ± std over {n_sets} support sets per K (leave-one-category-out training)."]
     if benchmark:
         lines.append(f"`paper`: RegAD's published number on {benchmark}; `Δ`: ours minus the paper's.")
-    for variant, long in long_by_variant.items():
+    for method, long in long_by_method.items():
         if long.empty:
             continue
-        lines += ["", f"## {variant}", "", to_markdown(flatten_columns(table1_wide(long)))]
+        lines += ["", f"## {method}", "", to_markdown(flatten_columns(table1_wide(long)))]
     lines += ["", "## All metrics", "", f"{' / '.join(METRIC_LABELS.get(m, m) for m in metrics)} in %.", ""]
-    for variant in dict.fromkeys(summary["variant"]):
-        lines += [f"### {variant}", "", to_markdown(pivot_text(summary, metrics, variant)), ""]
+    for method in dict.fromkeys(summary["method"]):
+        lines += [f"### {method}", "", to_markdown(pivot_text(summary, metrics, method)), ""]
     return "\n".join(lines)
 
 
@@ -111,20 +111,20 @@ def make_report(targets: Sequence[str], paper: str = "auto") -> Report:
     summary = summarize(results, metrics)
     benchmark = choose_benchmark(paper, manifest.get("benchmark"))
     reference = paper_numbers(benchmark) if benchmark else None
-    long_by_variant = {}
-    for variant in dict.fromkeys(summary["variant"]):
-        long_by_variant[variant] = table1_long(summary, variant, TABLE1_METRICS, reference if variant == "regad" else None)
-    long = pd.concat([frame.assign(variant=v) for v, frame in long_by_variant.items()], ignore_index=True)
+    long_by_method = {}
+    for method in dict.fromkeys(summary["method"]):
+        long_by_method[method] = table1_long(summary, method, TABLE1_METRICS, reference if method == "regad" else None)
+    long = pd.concat([frame.assign(method=v) for v, frame in long_by_method.items()], ignore_index=True)
     n_sets = int(results["support_set"].nunique())
-    markdown = _markdown(long_by_variant, summary, metrics, manifest["dataset"], benchmark, n_sets)
+    markdown = _markdown(long_by_method, summary, metrics, manifest["dataset"], benchmark, n_sets)
     caption = (f"RegAD on {manifest['dataset']}: AUROC (%) per category and K, mean $\\pm$ std over {n_sets} support sets"
                + (f"; paper: the published numbers on {benchmark}" if benchmark else ""))
-    latex = to_latex(table1_wide(long_by_variant["regad"]), caption=caption.replace("$\\pm$", "±"), label="tab:regad")
+    latex = to_latex(table1_wide(long_by_method["regad"]), caption=caption.replace("$\\pm$", "±"), label="tab:regad")
     files = [TABLE1.with_suffix(".csv"), TABLE1.with_suffix(".md"), TABLE1.with_suffix(".tex")]
-    write_csv_atomic(files[0], long[["variant", *[c for c in long.columns if c != "variant"]]])
+    write_csv_atomic(files[0], long[["method", *[c for c in long.columns if c != "method"]]])
     write_text_atomic(files[1], markdown + "\n")
     write_text_atomic(files[2], latex)
-    means = summary[(summary["category"] == MEAN_ROW) & (summary["variant"] == "regad")]
+    means = summary[(summary["category"] == MEAN_ROW) & (summary["method"] == "regad")]
     write_json_atomic(REPORTS_DIR / "metrics.json",
                       {f"K{int(r['shots'])}": {m: r[f"{m}_mean"] for m in metrics} for _, r in means.iterrows()})
     files.append(REPORTS_DIR / "metrics.json")

@@ -22,10 +22,10 @@ import torch
 
 from fsad.components.views import ROTATIONS, TRANSLATIONS, support_views
 from fsad.config import RegADConfig, resolve_device
-from fsad.data.loading import as_float
+from fsad.data.loading import to_float
 from fsad.methods.regad.network import RegAD
 from fsad.methods.regad.stn import compose_theta, warp
-from fsad.study.evaluation import extract_features
+from fsad.methods.regad.detector import extract_features
 
 
 def view_names() -> list[tuple[str, str, float]]:
@@ -70,7 +70,7 @@ def register_views(model: RegAD, image: torch.Tensor, device: str = "cpu") -> Re
     Every STN works in normalised coordinates, so a stage's transform applies to the image
     as to its feature map; composing the three gives the frame of the last stage.
     """
-    x = as_float(image) if image.dtype == torch.uint8 else image
+    x = to_float(image)  # 3 x S x S
     views = support_views(x[None])[0]  # 22 x 3 x S x S
     model.eval().to(device)
     _, thetas = model.transformed_features(views.to(device))
@@ -98,7 +98,7 @@ def feature_variance(model: RegAD, support: torch.Tensor, config: RegADConfig) -
     The same samples the Gaussian is fitted to: 22 views per image unless
     ``augment_support`` is off.
     """
-    x = as_float(support) if support.dtype == torch.uint8 else support  # K x 3 x S x S
+    x = to_float(support)  # K x 3 x S x S
     if config.augment_support:
         x = support_views(x).flatten(0, 1)  # 22K x 3 x S x S
     features = extract_features(model, x, resolve_device(config.device))  # N x D x h x w

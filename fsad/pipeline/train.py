@@ -2,8 +2,9 @@
 
 Training does not depend on K, so one model per held-out category serves every K.
 An interrupted stage leaves ``checkpoint.pt`` beside the model and the next run resumes
-from it, but only when it was made with exactly the same settings: a checkpoint of other
-settings (say another ``lr``) would silently mix two trainings.
+from it, but only when it was made with the same settings and training images
+(``fsad.methods.regad.checkpoint.checkpoint_differences``): a checkpoint of another ``lr``
+or of changed images would silently mix two trainings.
 
 Example:
     >>> model, history = train_target("mono", RegADConfig(epochs=1))  # doctest: +SKIP
@@ -11,28 +12,15 @@ Example:
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
-
 import pandas as pd
 import torch
 
-from fsad.config import RegADConfig, training_settings
+from fsad.config import RegADConfig
 from fsad.data.mvtec import load_category
 from fsad.methods.regad.network import RegAD
 from fsad.methods.regad.training import CHECKPOINT_NAME, train_regad
 from fsad.pipeline import layout
 from fsad.pipeline.manifest import dataset_root, training_set
-
-log = logging.getLogger(__name__)
-
-
-def can_resume(config: RegADConfig, checkpoint: Path) -> bool:
-    """True when ``checkpoint`` exists and was written with exactly ``config``'s training settings."""
-    if not checkpoint.is_file():
-        return False
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)["config"]
-    return training_settings(saved) == training_settings(config)
 
 
 def train_target(target: str, config: RegADConfig, progress: bool = True) -> tuple[RegAD, pd.DataFrame]:
@@ -51,13 +39,11 @@ def train_target(target: str, config: RegADConfig, progress: bool = True) -> tup
     others = training["train_categories"]
     out_dir = layout.model_path(target).parent
     checkpoint = out_dir / CHECKPOINT_NAME
-    resume = can_resume(config, checkpoint)
-    if checkpoint.is_file() and not resume:
-        log.warning("%s was written with other settings: training from scratch", checkpoint)
-    model = train_regad([load_category(root, c) for c in others], config, out_dir, resume=resume, progress=progress)
+    # train_regad resumes the checkpoint only when its settings and training images are these.
+    model = train_regad([load_category(root, c) for c in others], config, out_dir, resume=True, progress=progress)
     checkpoint.unlink(missing_ok=True)  # the final model is written; the checkpoint only served resuming
     history = pd.DataFrame(torch.load(layout.model_path(target), map_location="cpu", weights_only=True)["history"])
     return model, history
 
 
-__all__ = ["can_resume", "train_target"]
+__all__ = ["train_target"]

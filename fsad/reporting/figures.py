@@ -21,6 +21,8 @@ import torch
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
+from fsad.data.loading import to_float
+
 sns.set_theme(style="whitegrid", context="paper")
 
 class ReportFigure(Figure):
@@ -38,7 +40,7 @@ MAP_ALPHA = 0.5
 
 def _image(tensor: torch.Tensor) -> np.ndarray:
     """3 x H x W (uint8 or float in [0, 1]) -> H x W x 3 float for imshow."""
-    x = tensor.float() / 255 if tensor.dtype == torch.uint8 else tensor.float()
+    x = to_float(tensor).float()
     return x.clamp(0, 1).permute(1, 2, 0).cpu().numpy()
 
 
@@ -149,7 +151,7 @@ def roc_figure(scores: pd.DataFrame, category: str) -> ReportFigure:
     ax = figure.subplots()
     palette = sns.color_palette("viridis", scores["shots"].nunique())
     colours = dict(zip(sorted(scores["shots"].unique()), palette))
-    for (variant, k), part in scores.groupby(["variant", "shots"]):
+    for (variant, k), part in scores.groupby(["method", "shots"]):
         fpr, tpr, _ = roc_curve(part["label"], part["score"])
         area = np.trapezoid(tpr, fpr)
         ax.plot(fpr, tpr, color=colours[k], linestyle="-" if variant == "regad" else ":",
@@ -169,11 +171,11 @@ def bars_across_k(results: pd.DataFrame, metric: str, label: str) -> ReportFigur
         label: Axis label.
     """
     data = results.dropna(subset=[metric]).assign(value=lambda d: 100 * d[metric], K=lambda d: "K=" + d["shots"].astype(str))
-    variants = list(dict.fromkeys(data["variant"]))
+    variants = list(dict.fromkeys(data["method"]))
     figure = ReportFigure(figsize=(1.2 + 1.3 * data["category"].nunique() * len(variants), 3.6), layout="constrained")
     axes = figure.subplots(1, len(variants), sharey=True, squeeze=False)[0]
     for ax, variant in zip(axes, variants):
-        sns.barplot(data=data[data["variant"] == variant], x="category", y="value", hue="K", errorbar="sd",
+        sns.barplot(data=data[data["method"] == variant], x="category", y="value", hue="K", errorbar="sd",
                     palette="viridis", ax=ax, capsize=0.1, err_kws={"linewidth": 1})
         ax.set(title=variant, xlabel="", ylabel=label if ax is axes[0] else "", ylim=(max(0, data["value"].min() - 10), 100))
         ax.tick_params(axis="x", rotation=30)

@@ -17,18 +17,18 @@ MEAN_ROW = "mean"
 
 
 def summarize(results: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
-    """Mean and std over support sets per (variant, category, shots), plus a ``mean`` category.
+    """Mean and std over support sets per (method, category, shots), plus a ``mean`` category.
 
     The ``mean`` row averages the categories within each support set first, then takes
     mean and std over the support sets (so its std is that of the benchmark mean).
     Missing metrics (NaN, e.g. pixel metrics of a category without masks) are skipped.
 
     Returns:
-        Columns variant, category, shots, and ``<metric>_mean``, ``<metric>_std`` per metric.
+        Columns method, category, shots, and ``<metric>_mean``, ``<metric>_std`` per metric.
     """
-    keys = ["variant", "category", "shots"]
+    keys = ["method", "category", "shots"]
     per_set = results[[*keys, "support_set", *metrics]]
-    overall = per_set.groupby(["variant", "shots", "support_set"], as_index=False)[list(metrics)].mean()
+    overall = per_set.groupby(["method", "shots", "support_set"], as_index=False)[list(metrics)].mean()
     overall["category"] = MEAN_ROW
     both = pd.concat([per_set, overall], ignore_index=True)
     grouped = both.groupby(keys, sort=False)[list(metrics)]
@@ -36,9 +36,9 @@ def summarize(results: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
     return table.reset_index()
 
 
-def pivot_text(summary: pd.DataFrame, metrics: Sequence[str], variant: str, scale: float = 100.0) -> pd.DataFrame:
-    """Category rows x K columns of ``"m1 +- s1 / m2 +- s2"`` strings (in %) for one variant."""
-    part = summary[summary["variant"] == variant]
+def pivot_text(summary: pd.DataFrame, metrics: Sequence[str], method: str, scale: float = 100.0) -> pd.DataFrame:
+    """Category rows x K columns of ``"m1 +- s1 / m2 +- s2"`` strings (in %) for one method."""
+    part = summary[summary["method"] == method]
 
     def cell(row) -> str:
         out = []
@@ -66,17 +66,17 @@ def to_markdown(table: pd.DataFrame) -> str:
 
 
 
-def side_by_side(summary: pd.DataFrame, metrics: Sequence[str], variants: Sequence[str]) -> pd.DataFrame:
-    """Category rows x (K, variant) columns: each variant's ``pivot_text`` cells next to the others'."""
-    tables = {v: pivot_text(summary, metrics, v) for v in variants}
-    columns = {f"{k} {v}": tables[v][k] for k in tables[variants[0]].columns for v in variants}
+def side_by_side(summary: pd.DataFrame, metrics: Sequence[str], methods: Sequence[str]) -> pd.DataFrame:
+    """Category rows x (K, method) columns: each method's ``pivot_text`` cells next to the others'."""
+    tables = {v: pivot_text(summary, metrics, v) for v in methods}
+    columns = {f"{k} {v}": tables[v][k] for k in tables[methods[0]].columns for v in methods}
     return pd.DataFrame(columns)
 
 
-def mean_difference(summary: pd.DataFrame, metric: str, variant: str, reference: str) -> pd.Series:
-    """``variant`` minus ``reference`` on the ``mean`` row's ``metric``, per K (in the metric's units)."""
-    means = summary[summary["category"] == MEAN_ROW].pivot(index="shots", columns="variant", values=f"{metric}_mean")
-    return means[variant] - means[reference]
+def mean_difference(summary: pd.DataFrame, metric: str, method: str, reference: str) -> pd.Series:
+    """``method`` minus ``reference`` on the ``mean`` row's ``metric``, per K (in the metric's units)."""
+    means = summary[summary["category"] == MEAN_ROW].pivot(index="shots", columns="method", values=f"{metric}_mean")
+    return means[method] - means[reference]
 
 # ---- Table 1 of the paper: category x K, image / pixel AUROC, optionally beside the paper's numbers.
 
@@ -84,13 +84,13 @@ TABLE1_METRICS = ("image_auroc", "pixel_auroc")
 METRIC_LABELS = {"image_auroc": "image", "pixel_auroc": "pixel", "aupro": "AUPRO", "f1_max": "F1-max"}
 
 
-def table1_long(summary: pd.DataFrame, variant: str, metrics: Sequence[str] = TABLE1_METRICS,
+def table1_long(summary: pd.DataFrame, method: str, metrics: Sequence[str] = TABLE1_METRICS,
                 paper: pd.DataFrame | None = None, scale: float = 100.0) -> pd.DataFrame:
     """One row per (category, K, metric): our mean and std in %, and the paper's value and our difference.
 
     Args:
         summary: As returned by :func:`summarize`.
-        variant: The variant to report (``regad``).
+        method: The method to report (``regad``).
         metrics: Metrics to keep; one that is NaN for every row (no masks) is dropped.
         paper: The paper's numbers in % (``fsad.reporting.paper.paper_numbers``), columns category,
             shots and one per metric; ``None`` for a data set the paper did not use.
@@ -99,9 +99,9 @@ def table1_long(summary: pd.DataFrame, variant: str, metrics: Sequence[str] = TA
         Columns category, shots, metric, mean, std, and with ``paper`` also paper and diff
         (ours minus the paper's; NaN where the paper has no number).
     """
-    part = summary[summary["variant"] == variant]
+    part = summary[summary["method"] == method]
     if part.empty:
-        raise ValueError(f"fsad/reporting/tables.py: no rows of variant {variant!r}; variants: {sorted(summary['variant'].unique())}")
+        raise ValueError(f"fsad/reporting/tables.py: no rows of method {method!r}; methods: {sorted(summary['method'].unique())}")
     rows = []
     for metric in metrics:
         if f"{metric}_mean" not in part or part[f"{metric}_mean"].isna().all():

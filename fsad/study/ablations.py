@@ -27,66 +27,28 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
-from fsad.config import RegADConfig, settings_of
-from fsad.data.loading import load_images
+from fsad.config import AblationConfig
 from fsad.data.mvtec import list_categories, load_category
-from fsad.data.support_sets import load_support_sets, support_samples
-from fsad.io import save_figure_atomic, write_csv_atomic
-from fsad.methods.regad.checkpoint import build_model, load_model
+from fsad.data.support_sets import support_sets_for
+from fsad.io import save_figure_atomic, write_csv_atomic, write_text_atomic
 from fsad.methods.regad.detector import RegADMethod
 from fsad.methods.regad.network import RegAD
-from fsad.methods.regad.stn import NO_STN, STN_MODES
-from fsad.methods.regad.training import MODEL_NAME, train_regad
+from fsad.methods.regad.stn import NO_STN
+from fsad.methods.regad.training import MODEL_NAME
 from fsad.reporting.tables import MEAN_ROW, summarize
-from fsad.seed import seed_everything
-from fsad.study.comparison import comparison_table, method_metrics
-from fsad.study.evaluation import TestSet
-from fsad.study.experiment import ExperimentConfig, resolve_dataset, support_sets_for
+from fsad.study.comparison import comparison_table, table_markdown
+from fsad.study.evaluation import TestSet, evaluate_detector
+from fsad.study.experiment import resolve_dataset
+from fsad.methods.regad.checkpoint import untrained_regad
+from fsad.study.models import leave_one_out_regad
+from fsad.study.preflight import preflight
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class AblationConfig:
-    """Which data and which ablations.
-
-    Attributes:
-        dataset, categories, shots, n_sets, support_seed, metrics: As in ``ComparisonConfig``.
-        k_sweep: K values of the ``k_sweep`` variant.
-        stn_modes: STN modes trained for the ``stn_<mode>`` variants (default: all nine).
-        regad: The default RegAD settings; every variant changes one thing.
-        regad_models: Folder holding ``<category>/regad.pt`` of the default STN mode, reused.
-        support_dir: Folder of shared support-set JSON files, only read (the pipeline's
-            data_prep output); K values it lacks (the K sweep's) are drawn the same way into
-            ``out_dir/support_sets``. ``None``: everything goes to ``out_dir/support_sets``.
-    """
-
-    dataset: str = "toy"
-    categories: tuple[str, ...] | None = None
-    shots: tuple[int, ...] = (2, 4, 8)
-    k_sweep: tuple[int, ...] = (1, 2, 4, 8, 16)
-    n_sets: int = 10
-    support_seed: int = 0
-    metrics: tuple[str, ...] = ("image_auroc", "pixel_auroc", "aupro")
-    stn_modes: tuple[str, ...] = tuple(STN_MODES)
-    regad: RegADConfig = field(default_factory=RegADConfig)
-    regad_models: str | None = None
-    support_dir: str | None = None
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "config") -> AblationConfig:
-        """Build from a mapping (e.g. the ``ablations`` section of params.yaml); unknown keys are errors."""
-        values = settings_of(cls, values, source, "ablation", tuples=("categories", "shots", "k_sweep", "metrics", "stn_modes"))
-        bad = sorted(set(values.get("stn_modes", ())) - set(STN_MODES))
-        if bad:
-            raise ValueError(f"{source}: unknown STN mode(s) {bad}; choose from {sorted(STN_MODES)}")
-        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -124,30 +86,25 @@ def _model(variant: Variant, config: AblationConfig, target: str, others, models
     """The variant's network: untrained, reused from ``regad_models``, or trained (resumable) here."""
     settings = config.regad.replace(stn_mode=variant.stn_mode, freeze_backbone_bn=variant.freeze_backbone_bn)
     if not variant.trained:
-        seed_everything(settings.seed)
-        return build_model(settings).eval()
-    reused = Path(config.regad_models or "") / target / MODEL_NAME
-    if config.regad_models and settings == config.regad and reused.is_file():
-        return load_model(reused, expected=settings)[0]
+        return untrained_regad(settings)
+    reuse = Path(config.regad_models) / target / MODEL_NAME if config.regad_models else None
     folder = models_dir / (variant.stn_mode + ("-frozen_bn" if variant.freeze_backbone_bn else "")) / target
-    if not (folder / MODEL_NAME).is_file():
-        train_regad(others, settings, folder, progress=progress)
-    return load_model(folder / MODEL_NAME, expected=settings)[0]
+    return leave_one_out_regad(others, settings, folder, reuse, progress)[0]
 
 
 def _support_sets(category, config: AblationConfig, shots: Sequence[int], out_dir: Path) -> dict[int, list[list[str]]]:
-    """The shared sets where ``config.support_dir`` has them (never written to), the rest drawn into ``out_dir``.
+    """The shared sets of ``config.shots`` where ``config.support_dir`` is given (only read), the rest drawn into ``out_dir``.
 
     Support-set draws do not depend on which other K are drawn, so the extra K of the
     sweep are the sets data_prep would have made.
     """
-    shared = Path(config.support_dir) / f"{category.name}.json" if config.support_dir else None
-    sets = load_support_sets(shared, category) if shared is not None and shared.is_file() else {}
-    missing = tuple(k for k in shots if len(sets.get(k, [])) < config.n_sets)
-    if missing:
-        drawn = ExperimentConfig(shots=missing, n_sets=config.n_sets, support_seed=config.support_seed)
-        sets.update(support_sets_for(category, drawn, out_dir / "support_sets"))
-    return {k: sets[k][: config.n_sets] for k in shots}
+    shared = [k for k in shots if k in config.shots] if config.support_dir else []
+    sets = support_sets_for(category, shared, config.n_sets, config.support_seed, Path(config.support_dir),
+                            read_only=True) if shared else {}
+    drawn = [k for k in shots if k not in sets]
+    if drawn:
+        sets.update(support_sets_for(category, drawn, config.n_sets, config.support_seed, out_dir / "support_sets"))
+    return {k: sets[k] for k in shots}
 
 
 def run_ablations(config: AblationConfig, out_dir: Path, models_dir: Path | None = None, progress: bool = True) -> pd.DataFrame:
@@ -162,6 +119,7 @@ def run_ablations(config: AblationConfig, out_dir: Path, models_dir: Path | None
     out_dir = Path(out_dir)
     models_dir = Path(models_dir) if models_dir else out_dir / "models"
     root = resolve_dataset(config.dataset)
+    preflight(root, config.categories, config.shots, config.metrics, config.regad.device)  # before any training
     names = list_categories(root)
     size = config.regad.image_size
     variants = ablation_variants(config)
@@ -181,28 +139,23 @@ def run_ablations(config: AblationConfig, out_dir: Path, models_dir: Path | None
             if key not in models:
                 models[key] = _model(variant, config, target, others, models_dir, progress)
             method = RegADMethod(models[key], config.regad.replace(augment_support=variant.augment_support), name=variant.name)
-            embedded = method.embed(test.images)
-            for k in (k for k in variant.shots if k in sets):
-                if k < 2 and not variant.augment_support:
-                    continue  # one image without views has no covariance
-                if variant.name == "k_sweep" and k in config.shots:  # the default variant scored this K on the same sets
-                    default = f"stn_{config.regad.stn_mode}"
-                    rows += [{**row, "variant": variant.name} for row in rows
-                             if row["variant"] == default and row["category"] == target and row["shots"] == k]
-                    continue
-                for i, paths in enumerate(sets[k]):
-                    method.fit(load_images(support_samples(category, paths), size))
-                    scores = method.predict_embedded(embedded)
-                    rows.append({"variant": variant.name, "stn_mode": variant.stn_mode, "category": target, "shots": k,
-                                 "support_set": i, **method_metrics(scores, test, config.metrics)})
+            # K = 1 without views has no covariance; the K sweep's K shared with ``shots`` are the default variant's rows
+            scored = {k: sets[k] for k in variant.shots if k in sets and (k >= 2 or variant.augment_support)
+                      and not (variant.name == "k_sweep" and k in config.shots)}
+            if variant.name == "k_sweep":
+                default = f"stn_{config.regad.stn_mode}"
+                rows += [{**row, "method": variant.name} for row in rows
+                         if row["method"] == default and row["category"] == target and row["shots"] in config.shots]
+            run = evaluate_detector(method, category, scored, test, config.metrics, progress=progress)
+            rows += [{**row, "stn_mode": variant.stn_mode} for row in run.rows]
             log.info("%s %s done", target, variant.name)
         write_csv_atomic(out_dir / "results.csv", pd.DataFrame(rows))
     return pd.DataFrame(rows)
 
 
 def ablation_table(results: pd.DataFrame, metrics: Sequence[str], categories: bool = False) -> pd.DataFrame:
-    """Variants as row groups, K as columns (``comparison_table`` on the ``variant`` column)."""
-    return comparison_table(results.drop(columns="stn_mode").rename(columns={"variant": "method"}), metrics, categories)
+    """Variants as row groups, K as columns (``comparison_table``)."""
+    return comparison_table(results.drop(columns="stn_mode"), metrics, categories)
 
 
 def plot_ablations(results: pd.DataFrame, metric: str = "image_auroc", path: Path | None = None):
@@ -214,18 +167,18 @@ def plot_ablations(results: pd.DataFrame, metric: str = "image_auroc", path: Pat
 
     summary = summarize(results.drop(columns="stn_mode"), [metric])
     mean = summary[summary["category"] == MEAN_ROW]
-    order = {name: i for i, name in enumerate(results["variant"].unique())}  # the run's order: the default first
+    order = {name: i for i, name in enumerate(results["method"].unique())}  # the run's order: the default first
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [2.5, 1]})
-    for offset, (shots, part) in zip((-0.2, 0, 0.2, 0.4), mean[mean["variant"] != "k_sweep"].groupby("shots")):
-        part = part.sort_values("variant", key=lambda v: v.map(order))
-        x = part["variant"].map(order).to_numpy() + offset  # side by side, not on top of each other
+    for offset, (shots, part) in zip((-0.2, 0, 0.2, 0.4), mean[mean["method"] != "k_sweep"].groupby("shots")):
+        part = part.sort_values("method", key=lambda v: v.map(order))
+        x = part["method"].map(order).to_numpy() + offset  # side by side, not on top of each other
         left.errorbar(x, 100 * part[f"{metric}_mean"], yerr=100 * part[f"{metric}_std"], fmt="o", capsize=3, label=f"K={shots}")
     names = [n for n in order if n != "k_sweep"]
     left.set_xticks([order[n] for n in names], names, rotation=45, ha="right")
     left.set_ylabel(f"{metric} (%)")
     left.grid(axis="y", alpha=0.3)
     left.legend(loc="lower left", fontsize="small")
-    sweep = mean[mean["variant"] == "k_sweep"]
+    sweep = mean[mean["method"] == "k_sweep"]
     right.errorbar(sweep["shots"], 100 * sweep[f"{metric}_mean"], yerr=100 * sweep[f"{metric}_std"], fmt="o-", capsize=3)
     right.set_xscale("log", base=2)
     right.set_xlabel("K")
@@ -236,4 +189,20 @@ def plot_ablations(results: pd.DataFrame, metric: str = "image_auroc", path: Pat
     return fig
 
 
-__all__ = ["AblationConfig", "Variant", "ablation_table", "ablation_variants", "plot_ablations", "run_ablations"]
+
+def write_report(config: AblationConfig, out_dir: Path) -> str:
+    """``out_dir/table.md`` (variants x K, category mean and per category, wall time) and ``ablations.png``; returns the text."""
+    out_dir = Path(out_dir)
+    results = pd.read_csv(out_dir / "results.csv")
+    plot_ablations(results, "image_auroc", out_dir / "ablations.png")
+    parts = [f"settings: {config.to_dict()}",
+             f"metrics per cell: {' / '.join(config.metrics)} (%), mean ± std over support sets",
+             "## category mean\n" + table_markdown(ablation_table(results, config.metrics)),
+             "## per category\n" + table_markdown(ablation_table(results, config.metrics, categories=True))]
+    if (out_dir / "wall_time.txt").is_file():
+        parts.append("## wall time\n" + (out_dir / "wall_time.txt").read_text().strip())
+    text = "\n\n".join(parts)
+    write_text_atomic(out_dir / "table.md", text + "\n")
+    return text
+
+__all__ = ["Variant", "ablation_table", "ablation_variants", "plot_ablations", "run_ablations", "write_report"]

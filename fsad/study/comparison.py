@@ -1,7 +1,7 @@
 """RegAD and its peers side by side, under one harness.
 
 Every method (``METHODS``) sees the same data reader, the same support sets (the JSON
-files of ``fsad.study.experiment.support_sets_for``), the same backbone and image size, and
+files of ``fsad.data.support_sets.support_sets_for``), the same backbone and image size, and
 is scored with the same metrics. Methods that learn from other categories (RegAD, ResAD)
 train leave-one-category-out; RegAD-L trains on each support set's K images only.
 For each target category the test set is embedded once per method (when the embedding
@@ -43,11 +43,11 @@ import pandas as pd
 import torch
 
 from fsad.components.backbones import build_backbone
-from fsad.config import RegADConfig, resolve_device, settings_of
+from fsad.config import ComparisonConfig, resolve_device
 from fsad.data.loading import load_images
 from fsad.data.mvtec import Category, list_categories, load_category
-from fsad.data.support_sets import support_samples
-from fsad.io import save_atomic, save_figure_atomic, write_csv_atomic
+from fsad.data.support_sets import support_samples, support_sets_for
+from fsad.io import save_atomic, save_figure_atomic, write_csv_atomic, write_text_atomic
 from fsad.methods import (
     SPADE,
     Detector,
@@ -56,74 +56,19 @@ from fsad.methods import (
     RegADL,
     RegADMethod,
     ResAD,
-    ResADSettings,
-    Scores,
 )
-from fsad.methods.regad.checkpoint import build_model, load_model
-from fsad.methods.regad.training import MODEL_NAME, train_regad
+from fsad.methods.regad.training import MODEL_NAME
 from fsad.reporting.tables import pivot_text, summarize, to_markdown
-from fsad.seed import seed_everything
-from fsad.study.evaluation import TestSet, metrics_of
-from fsad.study.experiment import ExperimentConfig, resolve_dataset, support_sets_for
+from fsad.study.evaluation import TestSet, evaluate_detector
+from fsad.study.experiment import resolve_dataset
+from fsad.methods.regad.checkpoint import untrained_regad
+from fsad.study.models import leave_one_out_regad
+from fsad.study.preflight import preflight
+from fsad.study.targets import for_each_target
 
 log = logging.getLogger(__name__)
 
 DEFAULT_METHODS = ("regad", "untrained", "spade", "padim", "padim_views", "patchcore", "resad", "regad_l")
-
-
-@dataclass(frozen=True)
-class ComparisonConfig:
-    """Which data, K, support sets and methods; settings of every method.
-
-    Attributes:
-        dataset: ``toy``, ``elpv``, ``fsad-mini`` or a folder (``fsad.study.experiment.resolve_dataset``).
-        categories: Target categories (``None``: all); training uses all the others.
-        shots: The K values.
-        n_sets: Support sets per (category, K).
-        support_seed: Seed of the support-set draw.
-        metrics: ``image_auroc``, ``f1_max``, ``pixel_auroc``, ``aupro``.
-        methods: Names in ``METHODS``.
-        regad: RegAD settings; also the backbone, image size and device of every method.
-        regad_models: Folder holding ``<category>/regad.pt`` made by ``fsad.study.experiment``
-            (reused, not retrained); ``None``: ``out_dir/models``.
-        support_dir: Folder of the support-set JSON files; ``None``: ``out_dir/support_sets``.
-        spade, padim, patchcore: Keyword arguments of the method's class.
-        resad: ``ResADSettings`` fields.
-        regad_l: Keyword arguments of ``RegADL`` (``epochs``, ``pair_shots``).
-        cost_images: Test images scored in the cost measurement.
-        measure_costs: Measure costs (one fresh process per method, seconds each to start).
-    """
-
-    dataset: str = "toy"
-    categories: tuple[str, ...] | None = None
-    shots: tuple[int, ...] = (2, 4, 8)
-    n_sets: int = 10
-    support_seed: int = 0
-    metrics: tuple[str, ...] = ("image_auroc", "pixel_auroc", "aupro")
-    methods: tuple[str, ...] = DEFAULT_METHODS
-    regad: RegADConfig = field(default_factory=RegADConfig)
-    regad_models: str | None = None
-    support_dir: str | None = None
-    spade: dict[str, Any] = field(default_factory=dict)
-    padim: dict[str, Any] = field(default_factory=dict)
-    patchcore: dict[str, Any] = field(default_factory=dict)
-    resad: dict[str, Any] = field(default_factory=dict)
-    regad_l: dict[str, Any] = field(default_factory=dict)
-    cost_images: int = 32
-    measure_costs: bool = True
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "config") -> ComparisonConfig:
-        """Build from a mapping (e.g. the ``baselines`` section of params.yaml); unknown keys are errors."""
-        values = settings_of(cls, values, source, "comparison", tuples=("categories", "shots", "metrics", "methods"))
-        missing = sorted(set(values.get("methods", ())) - set(METHODS))
-        if missing:
-            raise ValueError(f"{source}: unknown method(s) {missing}; choose from {sorted(METHODS)}")
-        return cls(**values)
-
-    def experiment(self) -> ExperimentConfig:
-        """The ``ExperimentConfig`` that fixes the same support sets as ``fsad.study.experiment``."""
-        return ExperimentConfig(dataset=self.dataset, shots=self.shots, n_sets=self.n_sets, support_seed=self.support_seed)
 
 
 @dataclass
@@ -147,34 +92,31 @@ class Context:
 
 
 def _regad(ctx: Context) -> Detector:
-    """The leave-one-out RegAD model of ``fsad.study.experiment``: reused from ``regad_models``, else trained (resumable)."""
-    r = ctx.config.regad
-    reused = Path(ctx.config.regad_models) / ctx.target.name / MODEL_NAME if ctx.config.regad_models else None
+    """The leave-one-out RegAD model of ``fsad run``: reused from ``regad_models``, else trained (resumable) in ``models_dir``."""
+    reuse = Path(ctx.config.regad_models) / ctx.target.name / MODEL_NAME if ctx.config.regad_models else None
     # A missing model is trained into models_dir, never into the folder of another run.
-    path = reused if reused is not None and reused.is_file() else ctx.models_dir / ctx.target.name / MODEL_NAME
-    if not path.is_file():
-        train_regad(ctx.others, r, path.parent, progress=ctx.progress)
-        ctx.notes["trained"] = True
+    model, path = leave_one_out_regad(ctx.others, ctx.config.regad, ctx.models_dir / ctx.target.name, reuse, ctx.progress)
     ctx.notes["model"] = str(path)
-    model, _ = load_model(path, expected=r)
-    return RegADMethod(model, r, name="regad")
+    return RegADMethod(model, ctx.config.regad, name="regad")
 
 
 def _untrained(ctx: Context) -> Detector:
-    seed_everything(ctx.config.regad.seed)
-    return RegADMethod(build_model(ctx.config.regad).eval(), ctx.config.regad, name="untrained")
+    return RegADMethod(untrained_regad(ctx.config.regad), ctx.config.regad, name="untrained")
 
 
 def _resad(ctx: Context) -> Detector:
     """ResAD trained on the other categories (``<models_dir>/<target>/resad.pt``, reused when present)."""
     method = ResAD(ctx.backbone(), ctx.config.regad.image_size, device=ctx.device)
-    settings = ResADSettings(**{**ctx.config.resad, "train_shots": tuple(ctx.config.resad.get("train_shots", ResADSettings.train_shots))})
+    settings = ctx.config.resad
     path = ctx.models_dir / ctx.target.name / "resad.pt"
-    if path.is_file() and torch.load(path, weights_only=True)["settings"] == settings.to_dict():
+    changed = ResAD.saved_differences(path, settings, ctx.others) if path.is_file() else None
+    if changed == []:
         sources = method.load(path)["sources"]
     else:
+        if changed:
+            log.warning("%s was made with other settings or data (%s): training again", path, "; ".join(changed))
         sources = method.train(ctx.others, settings, progress=ctx.progress)
-        method.save(path, settings, sources)
+        method.save(path, settings, sources, ctx.others)
         ctx.notes["trained"] = True
     ctx.notes["anomalies"] = ", ".join(f"{k}: {v}" for k, v in sorted(sources.items()))
     return method
@@ -251,11 +193,6 @@ class MemoryMonitor:
             self.peak_mib = self.process_peak_mib - self._start / 2**20
 
 
-def method_metrics(scores: Scores, test: TestSet, metrics: Sequence[str]) -> dict[str, float]:
-    """Image metrics from the method's image scores, pixel metrics from its maps (NaN without masks)."""
-    return metrics_of(scores.maps, test, metrics, image=scores.image)
-
-
 def _example_index(test: TestSet) -> int:
     """The defective test image with the largest mask (the first defective one without masks)."""
     defective = np.flatnonzero(test.labels == 1)
@@ -315,7 +252,9 @@ def _cost_row(ctx: Context, name: str, shots: tuple[int, int], support: torch.Te
 def _load_target(config: ComparisonConfig, root: Path, names: list[str], target: str, support_dir: Path):
     """The target category, its support sets (made once, then read from ``support_dir``), the training categories and the test set."""
     category = load_category(root, target)
-    sets = support_sets_for(category, config.experiment(), support_dir)
+    # A given support_dir is another run's or the pipeline's: only read.
+    sets = support_sets_for(category, config.shots, config.n_sets, config.support_seed, support_dir,
+                            read_only=config.support_dir is not None)
     others = [load_category(root, c) for c in names if c != target]
     return category, sets, others, TestSet.load(category, config.regad.image_size)
 
@@ -330,6 +269,8 @@ def run_costs(config: ComparisonConfig, out_dir: Path, models_dir: Path | None =
     out_dir = Path(out_dir)
     models_dir = Path(models_dir) if models_dir else out_dir / "models"
     root = resolve_dataset(config.dataset)
+    preflight(root, config.categories, config.shots, config.metrics, config.regad.device,
+              training=bool({"regad", "resad"} & set(config.methods)))  # before any training
     names = list_categories(root)
     support_dir = Path(config.support_dir) if config.support_dir else out_dir / "support_sets"
     category, sets, others, test = _load_target(config, root, names, (config.categories or names)[0], support_dir)
@@ -362,47 +303,49 @@ def run_comparison(config: ComparisonConfig, out_dir: Path, models_dir: Path | N
     out_dir = Path(out_dir)
     models_dir = Path(models_dir) if models_dir else out_dir / "models"
     root = resolve_dataset(config.dataset)
+    preflight(root, config.categories, config.shots, config.metrics, config.regad.device,
+              training=bool({"regad", "resad"} & set(config.methods)))  # before any training
     names = list_categories(root)
     targets = list(config.categories or names)
     support_dir = Path(config.support_dir) if config.support_dir else out_dir / "support_sets"
-    size = config.regad.image_size
-    rows, costs, training = [], [], []
+    costs, training = [], []
     examples: dict[str, Any] = {}
     # The figure's example comes from the first target with masks (the costs from the first target).
     shown = next((t for t in targets if load_category(root, t).has_masks), targets[0])
-    for position, target in enumerate(targets):
+
+    def score(target: str) -> list[dict]:
+        nonlocal examples
         category, sets, others, test = _load_target(config, root, names, target, support_dir)
-        supports = {(k, i): load_images(support_samples(category, paths), size) for k in sorted(sets) for i, paths in enumerate(sets[k])}
         largest = (max(sets), 0)
         example = _example_index(test)
         if target == shown:
             examples = {"category": target, "shots": largest[0], "image": test.images[example], "mask": test.masks[example], "maps": {}}
+        rows = []
         for name in config.methods:
             ctx = Context(config, category, others, models_dir, progress)
             tic = time.perf_counter()
             method = METHODS[name](ctx)
             training.append({"method": name, "category": target, "train_seconds": time.perf_counter() - tic, **ctx.notes})
-            embedded = None if method.embedding_depends_on_support else method.embed(test.images)
-            for (k, i), support in supports.items():
-                tic = time.perf_counter()
-                method.fit(support)
-                fitted = time.perf_counter()
-                scores = method.predict(test.images) if embedded is None else method.predict_embedded(embedded)
-                rows.append({"method": name, "category": target, "shots": k, "support_set": i,
-                             **method_metrics(scores, test, config.metrics),
-                             "fit_seconds": fitted - tic, "score_seconds": time.perf_counter() - fitted})
-                if target == shown and (k, i) == largest:
-                    examples["maps"][name] = scores.maps[example]
-            if position == 0 and config.measure_costs:
-                costs.append(_cost_row(Context(config, category, others, models_dir, False), name, largest, supports[largest], test.images))
+            run = evaluate_detector(method, category, sets, test, config.metrics, keep=[largest] if target == shown else [],
+                                    progress=progress)
+            rows += run.rows
+            if largest in run.kept:
+                examples["maps"][name] = run.kept[largest].maps[example]
+            if target == targets[0] and config.measure_costs:
+                support = load_images(support_samples(category, sets[largest[0]][0]), config.regad.image_size)
+                costs.append(_cost_row(Context(config, category, others, models_dir, False), name, largest, support, test.images))
             log.info("%s %s done", target, name)
-    results = pd.DataFrame(rows)
-    write_csv_atomic(out_dir / "results.csv", results)
-    if costs:
-        write_csv_atomic(out_dir / "costs.csv", pd.DataFrame(costs))
-    write_csv_atomic(out_dir / "training.csv", pd.DataFrame(training))
-    save_atomic(examples, out_dir / "examples.pt")
-    return results
+        return rows
+
+    def save(rows: list[dict]) -> None:
+        write_csv_atomic(out_dir / "results.csv", pd.DataFrame(rows))
+        if costs:
+            write_csv_atomic(out_dir / "costs.csv", pd.DataFrame(costs))
+        write_csv_atomic(out_dir / "training.csv", pd.DataFrame(training))
+        if examples.get("maps"):
+            save_atomic(examples, out_dir / "examples.pt")
+
+    return pd.DataFrame(for_each_target(targets, score, save))
 
 
 def comparison_table(results: pd.DataFrame, metrics: Sequence[str], categories: bool = False) -> pd.DataFrame:
@@ -413,7 +356,7 @@ def comparison_table(results: pd.DataFrame, metrics: Sequence[str], categories: 
         metrics: Metrics shown in every cell, in order.
         categories: One row per category under each method (else only the category mean).
     """
-    summary = summarize(results.rename(columns={"method": "variant"}), metrics)
+    summary = summarize(results, metrics)
     parts = []
     for method in dict.fromkeys(results["method"]):
         table = pivot_text(summary, metrics, method)
@@ -464,5 +407,52 @@ def plot_example_maps(examples: dict[str, Any], path: Path | None = None):
     return fig
 
 
-__all__ = ["DEFAULT_METHODS", "METHODS", "ComparisonConfig", "MemoryMonitor", "comparison_table", "cost_table",
-           "load_examples", "method_metrics", "plot_example_maps", "run_comparison", "run_costs", "table_markdown"]
+
+def read_runs(folders: Sequence[Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Results, costs, training records and example maps of runs on the same support sets, methods in registry order."""
+    order = {name: i for i, name in enumerate(METHODS)}
+    folders = [Path(f) for f in folders]
+
+    def every(name: str) -> pd.DataFrame:
+        parts = [pd.read_csv(f / name) for f in folders if (f / name).is_file()]
+        return pd.concat(parts) if parts else pd.DataFrame(columns=["method"])
+
+    results = every("results.csv").sort_values("method", key=lambda m: m.map(order), kind="stable")
+    costs, training = every("costs.csv"), every("training.csv")
+    examples: dict[str, Any] = {}
+    for folder in (f for f in folders if (f / "examples.pt").is_file()):
+        found = load_examples(folder)
+        examples = {**found, "maps": {**examples.get("maps", {}), **found["maps"]}} if examples else found
+    if examples:
+        examples["maps"] = dict(sorted(examples["maps"].items(), key=lambda item: order.get(item[0], len(order))))
+    return results, costs.sort_values("method", key=lambda m: m.map(order), kind="stable"), training, examples
+
+
+def write_report(config: ComparisonConfig, out_dir: Path, include: Sequence[Path] = ()) -> str:
+    """``out_dir/table.md`` (category mean, per category, costs, training, wall time) and ``example_maps.png``.
+
+    Runs in ``include`` (other methods on the same support sets) are merged into the tables.
+    Returns the Markdown text.
+    """
+    folders = [Path(out_dir), *map(Path, include)]
+    results, costs, training, examples = read_runs(folders)
+    if examples:
+        plot_example_maps(examples, Path(out_dir) / "example_maps.png")
+    parts = [f"settings: {config.to_dict()}",
+             f"metrics per cell: {' / '.join(config.metrics)} (%), mean ± std over support sets"]
+    if len(results):
+        parts += ["## category mean\n" + table_markdown(comparison_table(results, config.metrics)),
+                  "## per category\n" + table_markdown(comparison_table(results, config.metrics, categories=True))]
+    if len(costs):
+        parts.append("## costs (first category, largest K)\n" + to_markdown(cost_table(costs)))
+    if len(training):
+        parts.append("## training\n" + to_markdown(training.set_index("method")))
+    walls = [f"- {f}: {(f / 'wall_time.txt').read_text().strip()}" for f in folders if (f / "wall_time.txt").is_file()]
+    if walls:
+        parts.append("## wall time\n" + "\n".join(walls))
+    text = "\n\n".join(parts)
+    write_text_atomic(Path(out_dir) / "table.md", text + "\n")
+    return text
+
+__all__ = ["DEFAULT_METHODS", "METHODS", "MemoryMonitor", "comparison_table", "cost_table",
+           "load_examples", "read_runs", "write_report", "plot_example_maps", "run_comparison", "run_costs", "table_markdown"]

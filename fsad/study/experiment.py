@@ -7,7 +7,7 @@ network left untrained (pretrained features + 22 views + Gaussian) is the refere
 the paper's claim is measured against.
 
 Example:
-    >>> config = ExperimentConfig.from_yaml("configs/default.yaml")
+    >>> config = ExperimentConfig.from_yaml("configs/default.yaml")  # fsad.config
     >>> results = run_experiment(config, Path("runs/default"))  # one row per (variant, category, K, set)
 """
 
@@ -15,28 +15,23 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
-import yaml
 
-from fsad.config import RegADConfig, settings_of
+from fsad.config import ExperimentConfig
 from fsad.data.elpv import build_elpv_dataset
-from fsad.data.mvtec import Category, list_categories, load_category
-from fsad.data.support_sets import (
-    load_support_sets,
-    make_support_sets,
-    save_support_sets,
-)
+from fsad.data.mvtec import list_categories, load_category
+from fsad.data.support_sets import support_sets_for
 from fsad.data.toy import make_toy_dataset
 from fsad.io import write_csv_atomic
-from fsad.methods.regad.checkpoint import build_model, load_model
-from fsad.methods.regad.training import MODEL_NAME, train_regad
-from fsad.paths import DATA_DIR, FSAD_MINI_DIR, ROOT
-from fsad.seed import seed_everything
-from fsad.study.evaluation import TestSet, evaluate_category
+from fsad.methods.regad.detector import RegADMethod
+from fsad.paths import DATA_DIR, FSAD_MINI_DIR
+from fsad.study.evaluation import TestSet, evaluate_detector
+from fsad.methods.regad.checkpoint import untrained_regad
+from fsad.study.models import leave_one_out_regad
+from fsad.study.preflight import preflight
+from fsad.study.targets import for_each_target
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +39,13 @@ log = logging.getLogger(__name__)
 EMBEDDED = {"elpv": build_elpv_dataset, "toy": make_toy_dataset}
 
 
-def resolve_dataset(name: str) -> Path:
+def resolve_dataset(name: str, base: Path | None = None) -> Path:
     """Dataset name or path -> its root folder, building an embedded dataset on first use.
 
     ``elpv`` and ``toy`` are built under ``data/embedded/``; ``fsad-mini`` is the shared
-    benchmark beside the repository; anything else is a path (relative to the project root).
+    benchmark beside the repository; anything else is a path, relative to ``base``: the
+    current directory by default, as for every other path a user types (``--out``); the
+    DVC pipeline passes the project root (``fsad.pipeline.manifest.dataset_root``).
     """
     if name in EMBEDDED:
         root = DATA_DIR / "embedded" / name
@@ -59,108 +56,62 @@ def resolve_dataset(name: str) -> Path:
         if not FSAD_MINI_DIR.is_dir():
             raise FileNotFoundError(f"fsad-mini not found at {FSAD_MINI_DIR}; it ships in ../shared/datasets beside the repository, or use dataset: elpv")
         return FSAD_MINI_DIR
-    root = Path(name)
-    root = root if root.is_absolute() else ROOT / root
+    root = Path(name).expanduser()
+    root = (root if root.is_absolute() else Path(base or Path.cwd()) / root).resolve()
     if not root.is_dir():
-        raise FileNotFoundError(f"dataset folder {root} does not exist; give an MVTec-layout folder, 'elpv', 'toy' or 'fsad-mini'")
+        raise FileNotFoundError(f"dataset folder {root} does not exist (relative paths are read from "
+                                f"{'the current directory' if base is None else base}); give an MVTec-layout folder, "
+                                "'elpv', 'toy' or 'fsad-mini'")
     return root
 
 
-@dataclass(frozen=True)
-class ExperimentConfig:
-    """One benchmark: which data, which K, how many support sets, which RegAD settings.
-
-    Attributes:
-        dataset: ``elpv`` (embedded default), ``toy``, ``fsad-mini`` or a folder path.
-        categories: Target categories (``None``: all); training always uses all the others.
-        shots: The K values evaluated.
-        n_sets: Support sets per (category, K) (the paper: 10).
-        support_seed: Seed of the support-set draw.
-        metrics: Metrics computed per support set.
-        untrained_baseline: Also score the untrained network (registration off).
-        model_per_shot: Train one model per evaluated K (supports drawn with that K only),
-            as the official code does. The default ``False`` trains one model per held-out
-            category that serves every K: training draws K per batch from
-            ``regad.train_shots``, the test-time Gaussian is what depends on K, and it costs
-            1/len(shots) of the training time.
-        regad: RegAD settings.
-    """
-
-    dataset: str = "elpv"
-    categories: tuple[str, ...] | None = None
-    shots: tuple[int, ...] = (2, 4, 8)
-    n_sets: int = 10
-    support_seed: int = 0
-    metrics: tuple[str, ...] = ("image_auroc", "pixel_auroc")
-    untrained_baseline: bool = True
-    model_per_shot: bool = False
-    regad: RegADConfig = field(default_factory=RegADConfig)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "config") -> ExperimentConfig:
-        values = settings_of(cls, values, source, "experiment", tuples=("categories", "shots", "metrics"))
-        return cls(**values)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> ExperimentConfig:
-        return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {}, source=str(path))
-
-
-def support_sets_for(category: Category, config: ExperimentConfig, folder: Path) -> dict[int, list[list[str]]]:
-    """The category's support sets: loaded from ``folder`` when made before, else made and saved."""
-    path = folder / f"{category.name}.json"
-    if path.is_file():
-        sets = load_support_sets(path, category)
-        if all(k in sets and len(sets[k]) >= config.n_sets for k in config.shots):
-            return {k: sets[k][: config.n_sets] for k in config.shots}
-    sets = make_support_sets(category, config.shots, config.n_sets, config.support_seed)
-    save_support_sets(path, category, sets, config.support_seed)
-    return sets
-
-
 def run_experiment(config: ExperimentConfig, out_dir: Path, progress: bool = True) -> pd.DataFrame:
-    """Train (leave one out) and evaluate every target category; write ``results.csv``.
+    """Train (leave one out) and evaluate every target category; write ``results.csv`` after each.
 
     Returns:
-        One row per (variant, category, K, support set) with the metrics.
+        One row per (method, category, K, support set) with the metrics; ``method`` is
+        ``regad`` or ``untrained``.
     """
     out_dir = Path(out_dir)
     root = resolve_dataset(config.dataset)
+    preflight(root, config.categories, config.shots, config.metrics, config.regad.device)  # before any training
     names = list_categories(root)
-    targets = list(config.categories or names)
-    rows, timings = [], []
-    for target in targets:
+    timings: list[dict] = []
+
+    def score(target: str) -> list[dict]:
         category = load_category(root, target)
-        sets = support_sets_for(category, config, out_dir / "support_sets")
+        sets = support_sets_for(category, config.shots, config.n_sets, config.support_seed, out_dir / "support_sets")
         train_categories = [load_category(root, c) for c in names if c != target]
         if not train_categories:
             raise ValueError(f"{root} has only {target!r}: leave-one-out training needs at least two categories")
         test = TestSet.load(category, config.regad.image_size)
         # One model per held-out category (serving every K), or one per (category, K).
         runs = [(k, config.regad.replace(train_shots=(k,)), f"K{k}") for k in config.shots] if config.model_per_shot else [(None, config.regad, "")]
+        rows = []
         for k, regad, folder in runs:
-            model_dir = out_dir / "models" / target / folder
-            its_sets = sets if k is None else {k: sets[k]}
             tic = time.perf_counter()
-            train_regad(train_categories, regad, model_dir, progress=progress)
-            model, _ = load_model(model_dir / MODEL_NAME, expected=regad)
-            timings.append({"category": target, "variant": "regad", "shots": k, "train_seconds": time.perf_counter() - tic, "eval_seconds": 0.0})
-            tic = time.perf_counter()
-            for row in evaluate_category(model, config.regad, category, its_sets, config.metrics, test, progress):
-                rows.append({"variant": "regad", **row})
-            timings[-1]["eval_seconds"] = time.perf_counter() - tic
+            model, _ = leave_one_out_regad(train_categories, regad, out_dir / "models" / target / folder, progress=progress)
+            trained = time.perf_counter()
+            run = evaluate_detector(RegADMethod(model, config.regad, name="regad"), category, sets if k is None else {k: sets[k]},
+                                    test, config.metrics, progress=progress)
+            rows += run.rows
+            timings.append({"category": target, "method": "regad", "shots": k, "train_seconds": trained - tic,
+                            "eval_seconds": time.perf_counter() - trained})
         if config.untrained_baseline:
-            seed_everything(config.regad.seed)
-            untrained = build_model(config.regad).eval()
             tic = time.perf_counter()
-            for row in evaluate_category(untrained, config.regad, category, sets, config.metrics, test, progress):
-                rows.append({"variant": "untrained", **row})
-            timings.append({"category": target, "variant": "untrained", "shots": None, "train_seconds": 0.0, "eval_seconds": time.perf_counter() - tic})
+            run = evaluate_detector(RegADMethod(untrained_regad(config.regad), config.regad, name="untrained"), category, sets,
+                                    test, config.metrics, progress=progress)
+            rows += run.rows
+            timings.append({"category": target, "method": "untrained", "shots": None, "train_seconds": 0.0,
+                            "eval_seconds": time.perf_counter() - tic})
         log.info("%s done", target)
-    results = pd.DataFrame(rows)
-    write_csv_atomic(out_dir / "results.csv", results)
-    write_csv_atomic(out_dir / "timings.csv", pd.DataFrame(timings))
-    return results
+        return rows
+
+    def save(rows: list[dict]) -> None:
+        write_csv_atomic(out_dir / "results.csv", pd.DataFrame(rows))
+        write_csv_atomic(out_dir / "timings.csv", pd.DataFrame(timings))
+
+    return pd.DataFrame(for_each_target(list(config.categories or names), score, save))
 
 
-__all__ = ["ExperimentConfig", "resolve_dataset", "run_experiment", "support_sets_for"]
+__all__ = ["resolve_dataset", "run_experiment"]

@@ -15,6 +15,7 @@ from fsad.data.mvtec import (
     load_category,
     read_image,
     read_mask,
+    resize_image,
 )
 
 FSAD_MINI_COUNTS = {  # category: (train/good, test/good, test defective, has masks), its README
@@ -219,3 +220,54 @@ def test_dataset_without_masks(tmp_path):
     assert all(item["mask"].sum() == 0 for item in items)
     batch = next(iter(torch.utils.data.DataLoader(ImageDataset(test, 4), batch_size=3)))
     assert batch["image"].shape == (3, 3, 4, 4) and batch["label"].tolist() == [0, 1, 1]
+
+
+def test_hidden_and_appledouble_files_are_skipped(tmp_path):
+    category = _tiny_category(tmp_path)
+    (category / "train" / "good" / "._a.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (category / "test" / "scratch" / ".DS_Store").write_bytes(b"\x00")
+    (category / "test" / ".hidden_defect").mkdir()
+    _save(category / "test" / ".hidden_defect" / "x.png", _grey(1))
+    _save(tmp_path / ".Trashes" / "train" / "good" / "a.png", _grey(1))  # a hidden "category"
+    loaded = load_category(tmp_path, "widget")
+    assert [s.path.name for s in loaded.train] == ["a.png", "b.PNG"]
+    assert {s.defect for s in loaded.test} == {"good", "scratch"}
+    assert list_categories(tmp_path) == ["widget"]
+
+
+def test_decomposed_unicode_names_are_found_by_their_composed_name(tmp_path):
+    import unicodedata
+
+    composed = "caf\u00e9"
+    decomposed = unicodedata.normalize("NFD", composed)
+    assert composed != decomposed
+    _tiny_category(tmp_path).rename(tmp_path / decomposed)  # as macOS writes it
+    assert list_categories(tmp_path) == [composed]
+    category = load_category(tmp_path, decomposed)  # either form finds it
+    assert category.name == composed and category.path == tmp_path.resolve() / decomposed
+    assert category.path.is_dir() and len(category.train) == 2
+    assert load_category(tmp_path, composed).path == category.path
+
+
+def test_every_missing_mask_is_listed_with_the_category(tmp_path):
+    category = _tiny_category(tmp_path)
+    for mask in (category / "ground_truth" / "scratch").iterdir():
+        mask.unlink()
+    with pytest.raises(FileNotFoundError, match=r"category 'widget': 2 anomalous test image\(s\) have no mask: .*d\.png.*e\.jpg"):
+        load_category(tmp_path, "widget")
+
+
+def test_read_image_at_its_own_size_then_resized_equals_read_image_resized(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 256, (30, 20, 3), dtype=np.uint8)
+    path = _save(tmp_path / "a.png", Image.fromarray(pixels))
+    original = read_image(path, None)
+    assert original.shape == (3, 30, 20)
+    assert torch.allclose(original, torch.from_numpy(pixels).permute(2, 0, 1) / 255.0)
+    assert torch.equal(resize_image(original, (12, 8)), read_image(path, (12, 8)))
+
+
+def test_sixteen_bit_tiff_is_divided_by_65535(tmp_path):
+    deep = np.array([[0, 65535], [257, 32768]], dtype=np.uint16)
+    path = _save(tmp_path / "deep.tif", Image.fromarray(deep))
+    assert Image.open(path).mode.startswith("I;16")
+    assert torch.allclose(read_image(path, None)[2], torch.from_numpy(deep / 65535.0).float(), atol=1e-6)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
 from fsad.data.mvtec import load_category
 from fsad.data.support_sets import (
+    OFFICIAL_SEED,
     load_support_sets,
     make_support_sets,
     save_support_sets,
     support_samples,
+    support_sets_for,
 )
 
 
@@ -85,3 +88,82 @@ def test_support_samples(disc):
     assert all(s.label == 0 and s.defect == "good" and s.mask_path is None for s in samples)
     with pytest.raises(ValueError, match=r"'test/good/000.png' is not a train image"):
         support_samples(disc, ["test/good/000.png"])
+
+
+# --- support_sets_for: reuse only what would be made now -------------------------------
+
+
+@pytest.fixture
+def disc_copy(toy_root, tmp_path):
+    """A writable copy of the toy ``disc`` category."""
+    shutil.copytree(toy_root / "disc", tmp_path / "data" / "disc")
+    return load_category(tmp_path / "data", "disc")
+
+
+def test_reuse_keeps_the_file_and_serves_fewer_sets_as_a_prefix(disc, tmp_path):
+    sets = support_sets_for(disc, (2, 4), 3, 0, tmp_path)
+    path = tmp_path / "disc.json"
+    document = json.loads(path.read_text())
+    assert (document["seed"], document["shots"], document["n_sets"]) == (0, [2, 4], 3)
+    assert len(document["train_fingerprint"]) == 16
+    before = path.stat().st_mtime_ns
+    assert support_sets_for(disc, (4, 2), 3, 0, tmp_path) == sets
+    assert support_sets_for(disc, (2,), 2, 0, tmp_path, read_only=True) == {2: sets[2][:2]}
+    assert make_support_sets(disc, (2,), 2, seed=0)[2] == sets[2][:2]  # why a prefix is valid
+    assert path.stat().st_mtime_ns == before  # never rewritten
+
+
+def test_missing_k_is_drawn_and_the_others_kept(disc, tmp_path):
+    support_sets_for(disc, (2,), 3, 0, tmp_path)
+    sets = support_sets_for(disc, (2, 8), 3, 0, tmp_path)
+    assert sets == make_support_sets(disc, (2, 8), 3, seed=0)
+    assert sorted(load_support_sets(tmp_path / "disc.json")) == [2, 8]
+    with pytest.raises(ValueError, match=r"disc\.json does not fit this run: it holds 0 sets of K=4, 3 asked"):
+        support_sets_for(disc, (4,), 3, 0, tmp_path, read_only=True)
+    with pytest.raises(FileNotFoundError, match=r"ring\.json does not exist"):
+        support_sets_for(load_category(disc.root, "ring"), (2,), 3, 0, tmp_path, read_only=True)
+
+
+def test_changed_seed_is_redrawn_with_a_message_or_refused_when_shared(disc, tmp_path, caplog):
+    support_sets_for(disc, (2,), 3, 0, tmp_path)
+    with pytest.raises(ValueError, match=r"disc\.json does not fit this run: it was drawn with seed 0, not 1\..*dvc repro"):
+        support_sets_for(disc, (2,), 3, 1, tmp_path, read_only=True)
+    with caplog.at_level("WARNING", logger="fsad.data.support_sets"):
+        sets = support_sets_for(disc, (2,), 3, 1, tmp_path)
+    assert "drawn with seed 0, not 1" in caplog.text and "disc.json" in caplog.text
+    assert sets == make_support_sets(disc, (2,), 3, seed=1)
+    assert json.loads((tmp_path / "disc.json").read_text())["seed"] == 1
+
+
+def test_changed_train_images_are_seen(disc_copy, tmp_path, caplog):
+    folder = tmp_path / "supports"
+    support_sets_for(disc_copy, (2,), 3, 0, folder)
+    (disc_copy.path / "train" / "good" / "011.png").unlink()  # the data set changed under the file
+    smaller = load_category(disc_copy.root, "disc")
+    with pytest.raises(ValueError, match=r"disc\.json does not fit this run: the train images of .*disc/train/good changed"):
+        support_sets_for(smaller, (2,), 3, 0, folder, read_only=True)
+    with caplog.at_level("WARNING", logger="fsad.data.support_sets"):
+        sets = support_sets_for(smaller, (2,), 3, 0, folder)
+    assert "train images" in caplog.text
+    assert sets == make_support_sets(smaller, (2,), 3, seed=0)
+
+
+def test_older_file_without_record_is_remade(disc, tmp_path, caplog):
+    path = tmp_path / "disc.json"
+    path.write_text(json.dumps({"category": "disc", "seed": 0, "sets": {"2": make_support_sets(disc, (2,), 3)[2]}}))
+    with pytest.raises(ValueError, match="records no fingerprint"):
+        support_sets_for(disc, (2,), 3, 0, tmp_path, read_only=True)
+    with caplog.at_level("WARNING", logger="fsad.data.support_sets"):
+        support_sets_for(disc, (2,), 3, 0, tmp_path)
+    assert "older fsad" in caplog.text
+    assert "train_fingerprint" in json.loads(path.read_text())
+
+
+def test_official_sets_stand_for_any_seed_but_are_not_topped_up(disc, tmp_path, caplog):
+    official = make_support_sets(disc, (2,), 3, seed=5)
+    save_support_sets(tmp_path / "disc.json", disc, official, seed=OFFICIAL_SEED)
+    assert support_sets_for(disc, (2,), 3, 0, tmp_path, read_only=True) == official
+    with caplog.at_level("WARNING", logger="fsad.data.support_sets"):
+        sets = support_sets_for(disc, (2, 4), 3, 0, tmp_path)
+    assert "official sets" in caplog.text
+    assert sets == make_support_sets(disc, (2, 4), 3, seed=0)

@@ -25,7 +25,7 @@ def test_a_support_image_has_zero_residual(backbone, images):
 
 
 def test_save_load_round_trip(backbone, images, tmp_path):
-    from fsad.methods.resad import ResADSettings
+    from fsad.config import ResADSettings
 
     support, test = images
     torch.manual_seed(0)
@@ -40,3 +40,21 @@ def test_save_load_round_trip(backbone, images, tmp_path):
     for m in (trained, loaded):
         m.fit(support)
     assert torch.allclose(trained.predict(test).maps, loaded.predict(test).maps)
+
+
+def test_saved_head_records_its_training_data(backbone, toy_root, tmp_path):
+    import shutil
+
+    from fsad.config import ResADSettings
+    from fsad.data.mvtec import load_category
+
+    shutil.copytree(toy_root / "ring", tmp_path / "data" / "ring")
+    ring = load_category(tmp_path / "data", "ring")
+    resad = ResAD(backbone, image_size=32, head=ResADHead(backbone.channels))
+    path = tmp_path / "resad.pt"
+    resad.save(path, ResADSettings(), {"ring": "real"}, [ring])
+    assert ResAD.saved_differences(path, ResADSettings(), [ring]) == []
+    assert ResAD.saved_differences(path, ResADSettings(steps=7), [ring])[0].startswith("steps: ")
+    (ring.path / "test" / "good" / "000.png").unlink()  # test images feed ResAD's training too
+    changed = ResAD.saved_differences(path, ResADSettings(), [load_category(tmp_path / "data", "ring")])
+    assert changed == ["the files of training category ring changed"]

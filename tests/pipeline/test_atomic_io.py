@@ -45,3 +45,38 @@ def test_a_folder_is_replaced_whole_or_not_at_all(tmp_path):
         (tmp / "new.json").write_text("{}")
     assert [p.name for p in folder.iterdir()] == ["new.json"]  # stale files of the old run are gone
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]
+
+
+
+def _dead_pid() -> int:
+    """The id of a process that has exited (ids are not reused this soon)."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_leftovers_of_a_killed_writer_are_removed_by_the_next_write(tmp_path):
+    import os
+
+    from fsad.io import remove_stale_temporaries
+
+    dead = _dead_pid()
+    stale = tmp_path / f".results.csv.{dead}-abc123.tmp.csv"  # a writer killed mid-write
+    live = tmp_path / f".results.csv.{os.getpid()}-xyz789.tmp.csv"  # a writer still running
+    other = tmp_path / f".summary.csv.{dead}-abc123.tmp.csv"  # another target's leftover
+    for path in (stale, live, other):
+        path.write_text("half")
+    write_csv_atomic(tmp_path / "results.csv", pd.DataFrame({"a": [1]}))
+    assert not stale.exists() and live.exists() and other.exists()
+    assert remove_stale_temporaries(tmp_path / "summary.csv") == [other]
+
+    partial, old = tmp_path / f".prepared.partial-{dead}-0a1b2c", tmp_path / f".prepared.old-{dead}-0a1b2c"
+    for leftover in (partial, old):
+        leftover.mkdir()
+        (leftover / "x.json").write_text("{}")
+    with atomic_dir(tmp_path / "prepared") as tmp:
+        (tmp / "new.json").write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "prepared", "results.csv"])

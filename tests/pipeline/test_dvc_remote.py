@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from fsad.data.toy import make_toy_dataset
 from fsad.pipeline.data_prep import file_md5, prepare_data
@@ -105,7 +106,8 @@ def test_pull_from_a_read_only_http_remote(lab, tmp_path, pipeline_root):
         run("dvc", "remote", "add", "--local", "-d", "web", url, cwd=clone)
         run("dvc", "pull", cwd=clone)
         assert checksums(clone / DATASET) == expected
-        (clone / DATASET / "disc" / "train" / "good" / "000.png").write_bytes(b"changed")
+        changed = clone / DATASET / "disc" / "train" / "good" / "000.png"
+        Image.open(changed).convert("L").convert("RGB").save(changed)  # new content, still an image (preflight checks)
         run("dvc", "add", str(DATASET), cwd=clone)
         pushed = run("dvc", "push", cwd=clone, check=False)
         assert pushed.returncode != 0, "an HTTP remote served by http.server must refuse uploads"

@@ -1,25 +1,29 @@
-"""dvc.yaml, params.yaml and the notebooks agree: every stage declares exactly what its notebook reads."""
+"""dvc.yaml, params.yaml and the notebooks agree: every stage declares exactly the keys it reads."""
 
 from __future__ import annotations
 
+import ast
+import inspect
 import json
 import re
+import textwrap
 
 import pytest
 import yaml
 from code_deps import notebook_closure, notebook_code
 
-from fsad.config import TEST_TIME_KEYS, RegADConfig
+from fsad.config import TEST_TIME_KEYS
 from fsad.paths import ROOT
-from fsad.pipeline import layout
+from fsad.pipeline import layout, params
+from fsad.pipeline.params import SECTIONS
 
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
-# Stages other helpers add (ablations, baselines) are checked by their own tests.
-OWN_STAGES = ("data_prep", "train", "support_estimation", "evaluate", "report")
-INJECTED = re.compile(r"-p (\w+) \$\{([\w.]+)\}")
-PARAM_READ = re.compile(r"""params\["(\w+)"\]\["(\w+)"\]""")
-ASSIGNED = re.compile(r"""^(\w+) = params\["(\w+)"\]\["(\w+)"\]""", re.MULTILINE)
+STAGES = sorted(DVC["stages"])
+# The sections a stage owns: every key of them is a parameter of the stage.
+OWN_SECTIONS = {"data_prep": ("data", "support"), "train": ("train",), "evaluate": ("evaluate",), "report": ("report",),
+                "ablations": ("ablations",), "baselines": ("baselines",)}
+INJECTED = re.compile(r"-p (\w+) (\S+)")
 
 
 def stage_body(name: str) -> dict:
@@ -32,18 +36,59 @@ def notebook_of(name: str):
     return ROOT / "notebooks" / f"{notebook}.ipynb"
 
 
-def parameters_cell(name: str) -> str:
-    cells = [c for c in json.loads(notebook_of(name).read_text())["cells"]
-             if "parameters" in c.get("metadata", {}).get("tags", [])]
-    assert len(cells) == 1, f"{notebook_of(name)} needs exactly one cell tagged 'parameters'"
-    return "".join(cells[0]["source"])
+def parameters_cells(name: str) -> list[str]:
+    return ["".join(c["source"]) for c in json.loads(notebook_of(name).read_text())["cells"]
+            if "parameters" in c.get("metadata", {}).get("tags", [])]
 
 
-def lookup(key: str):
-    value = PARAMS
-    for part in key.split("."):
-        value = value[part]
-    return value
+def expand(keys) -> set[str]:
+    """``"train"`` -> every ``train.<key>`` of params.yaml; ``"train.lr"`` stays."""
+    return {f"{k}.{sub}" for k in keys if "." not in k for sub in PARAMS[k]} | {k for k in keys if "." in k}
+
+
+def section_reads(code: str) -> set[str]:
+    """The params.yaml keys ``code`` reads through ``section("name")``: ``"name.key"`` for an
+    attribute that is a field, ``"name"`` (all of it) when the section is used whole (passed on,
+    or a method such as ``replace`` called on it)."""
+    tree = ast.parse(code)
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+
+    def use(section: str, parent: ast.AST | None) -> str:
+        if isinstance(parent, ast.Attribute) and parent.attr in SECTIONS[section].model_fields:
+            return f"{section}.{parent.attr}"
+        return section
+
+    bound, reads = {}, set()
+    for node in ast.walk(tree):
+        func = getattr(node, "func", None)
+        if not (isinstance(node, ast.Call) and getattr(func, "id", getattr(func, "attr", None)) == "section"):
+            continue
+        assert node.args and isinstance(node.args[0], ast.Constant), f"section() needs a literal name: {ast.unparse(node)}"
+        parent = parents.get(node)
+        if isinstance(parent, ast.Assign) and len(parent.targets) == 1 and isinstance(parent.targets[0], ast.Name):
+            bound[parent.targets[0].id] = node.args[0].value
+        else:
+            reads.add(use(node.args[0].value, parent))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id in bound:
+            reads.add(use(bound[node.id], parents.get(node)))
+    return reads
+
+
+def stage_reads(name: str) -> set[str]:
+    """What a stage's notebook reads: its ``section`` calls, and those of the
+    ``fsad.pipeline.params`` builders it calls (``ablation_config``, ``comparison_config``)."""
+    code = "\n".join(notebook_code(notebook_of(name)))  # one program: a name bound in a cell is read in later ones
+    called = {node.func.id for node in ast.walk(ast.parse(code)) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
+    builders = [getattr(params, n) for n in sorted(called) if n != "section" and inspect.isfunction(getattr(params, n, None))]
+    sources = [code] + [textwrap.dedent(inspect.getsource(b)) for b in builders]
+    return set().union(*(section_reads(s) for s in sources))
+
+
+def test_section_reads_tell_fields_from_whole_sections():
+    code = 'a = section("train")\nb = section("evaluate")\nx = section("data").dataset\nf(a.lr, b)\na.replace(lr=1)\n'
+    assert section_reads(code) == {"train.lr", "train", "evaluate", "data.dataset"}
+    assert section_reads('s = section("support")\nprint(s.shots, s.seed)') == {"support.shots", "support.seed"}
 
 
 def test_every_interpolated_key_exists_in_params_yaml():
@@ -51,27 +96,52 @@ def test_every_interpolated_key_exists_in_params_yaml():
     keys = set(re.findall(r"\$\{([\w.]+)\}", text)) - {"item"}
     assert keys, "dvc.yaml interpolates nothing: the test would pass vacuously"
     for key in sorted(keys):
-        lookup(key)  # KeyError names the missing key
+        value = PARAMS
+        for part in key.split("."):
+            value = value[part]  # KeyError names the missing key
 
 
-@pytest.mark.parametrize("name", OWN_STAGES)
-def test_injected_parameters_match_the_notebooks_parameters_cell(name):
-    body = stage_body(name)
-    injected = {(p, key) for p, key in INJECTED.findall(body["cmd"]) if key != "item"}
-    assigned = {(p, f"{section}.{key}") for p, section, key in ASSIGNED.findall(parameters_cell(name))}
-    assert injected == assigned, f"{name}: -p in dvc.yaml {sorted(injected)} vs parameters cell {sorted(assigned)}"
+@pytest.mark.parametrize("name", STAGES)
+def test_only_the_foreach_item_is_injected(name):
+    """Settings come from params.yaml through the schema; a foreach stage passes its category, nothing else does."""
+    injected = INJECTED.findall(stage_body(name)["cmd"])
+    cells = parameters_cells(name)
     if "foreach" in DVC["stages"][name]:
-        assert "-p category ${item}" in body["cmd"] and re.search(r'^category = "', parameters_cell(name), re.MULTILINE)
+        assert injected == [("category", "${item}")], f"{name}: inject only the category, got {injected}"
+        assert len(cells) == 1, f"{notebook_of(name)} needs exactly one cell tagged 'parameters'"
+        assigned = [t.id for node in ast.parse(cells[0]).body for t in node.targets]
+        assert assigned == ["category"], f"{notebook_of(name)}: the parameters cell must hold only category, not {assigned}"
+    else:
+        assert injected == [] and cells == [], f"{name}: read settings with fsad.pipeline.params, not papermill parameters"
 
 
-@pytest.mark.parametrize("name", OWN_STAGES)
-def test_declared_params_are_exactly_those_the_notebook_reads(name):
-    read = {f"{s}.{k}" for code in notebook_code(notebook_of(name)) for s, k in PARAM_READ.findall(code)}
-    declared = set(stage_body(name).get("params", []))
-    assert read == declared, f"{name}: notebook reads {sorted(read)}, dvc.yaml declares {sorted(declared)}"
+@pytest.mark.parametrize("name", STAGES)
+def test_declared_params_are_exactly_the_keys_the_stage_reads(name):
+    declared = stage_body(name).get("params", [])
+    for key in declared:
+        section, _, field = key.partition(".")
+        assert section in PARAMS and (not field or field in PARAMS[section]), f"{name}: params.yaml has no {key}"
+    read = stage_reads(name)
+    assert read, f"{name}: its notebook reads no section of params.yaml"
+    assert expand(read) == expand(declared), (f"{name}: the notebook reads {sorted(expand(read))}, "
+                                              f"dvc.yaml declares {sorted(expand(declared))}")
 
 
-@pytest.mark.parametrize("name", OWN_STAGES)
+@pytest.mark.parametrize("name", sorted(OWN_SECTIONS))
+def test_every_key_of_a_stages_section_is_in_its_params(name):
+    declared = expand(stage_body(name).get("params", []))
+    for section in OWN_SECTIONS[name]:
+        missing = sorted(f"{section}.{key}" for key in PARAMS[section] if f"{section}.{key}" not in declared)
+        assert not missing, f"{name}: add {missing} to its params: in dvc.yaml (or remove them from params.yaml)"
+
+
+def test_every_section_is_owned_or_read():
+    assert set(PARAMS) == set(SECTIONS), "params.yaml sections and fsad.pipeline.params.SECTIONS differ"
+    read = {key.split(".")[0] for name in STAGES for key in stage_body(name).get("params", [])}
+    assert read == set(PARAMS)
+
+
+@pytest.mark.parametrize("name", STAGES)
 def test_code_dependencies_cover_every_fsad_module_the_notebook_imports(name):
     deps = [ROOT / d for d in stage_body(name)["deps"] if d.startswith("fsad")]
     for dep in deps:
@@ -87,15 +157,8 @@ def test_training_reads_no_test_time_setting():
     train_params = {p.split(".")[1] for p in stage_body("train")["params"]}
     assert not train_params & (set(TEST_TIME_KEYS) - {"device"})  # device: where to train
     assert not [p for p in stage_body("train")["params"] if not p.startswith("train.")]
-    readers = {name for name in OWN_STAGES if "evaluate.blur_sigma" in stage_body(name).get("params", [])}
-    assert readers == {"evaluate"}
-
-
-def test_sections_use_the_regad_config_vocabulary():
-    config = RegADConfig.from_dict(PARAMS["train"], source="params.yaml: train")
-    assert config.image_size == PARAMS["train"]["image_size"]
-    evaluate_only = {"metrics", "untrained_baseline"}
-    RegADConfig.from_dict({k: v for k, v in PARAMS["evaluate"].items() if k not in evaluate_only})
+    readers = {name for name in OWN_SECTIONS if "evaluate.blur_sigma" in expand(stage_body(name).get("params", []))}
+    assert readers == {"evaluate", "ablations", "baselines"}
 
 
 def test_per_category_outputs_are_where_the_code_writes_them():
@@ -108,6 +171,11 @@ def test_per_category_outputs_are_where_the_code_writes_them():
     assert (layout.results_dir(item) / "metrics.json").relative_to(ROOT).as_posix() in [
         m.replace("${item}", item) for m in evaluate["metrics"]]
     assert layout.support_file(item).relative_to(ROOT).as_posix() in [d.replace("${item}", item) for d in evaluate["deps"]]
+
+
+def test_study_stages_read_the_support_sets_of_data_prep():
+    for name in ("ablations", "baselines"):
+        assert "data/support_sets" in stage_body(name)["deps"]
 
 
 def test_foreach_stages_iterate_over_the_target_categories():

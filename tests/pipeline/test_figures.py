@@ -39,9 +39,9 @@ def test_every_figure_saves_as_png(toy_root, tmp_path):
     disc = load_category(toy_root, "disc")
     images = torch.randint(0, 255, (4, 3, 32, 32), dtype=torch.uint8)
     maps = torch.rand(4, 32, 32)
-    scores = pd.DataFrame({"variant": ["regad"] * 4 + ["untrained"] * 4, "shots": 2, "label": [0, 1] * 4,
+    scores = pd.DataFrame({"method": ["regad"] * 4 + ["untrained"] * 4, "shots": 2, "label": [0, 1] * 4,
                            "score": [0.1, 0.9, 0.2, 0.8, 0.5, 0.4, 0.3, 0.6]})
-    results = pd.DataFrame({"variant": "regad", "category": ["a", "a", "b", "b"], "shots": [2, 4, 2, 4],
+    results = pd.DataFrame({"method": "regad", "category": ["a", "a", "b", "b"], "shots": [2, 4, 2, 4],
                             "support_set": 0, "image_auroc": [0.7, 0.8, 0.9, 0.95]})
     angles = pd.DataFrame({"applied_angle": [0.0, 45.0], "stn_angle": [1.0, -20.0], "view_kind": ["original", "rotation"]})
     figures = {
@@ -60,6 +60,6 @@ def test_every_figure_saves_as_png(toy_root, tmp_path):
 
 
 def test_roc_legend_reports_the_auroc():
-    scores = pd.DataFrame({"variant": "regad", "shots": 2, "label": [0, 0, 1, 1], "score": [0.1, 0.4, 0.35, 0.8]})
+    scores = pd.DataFrame({"method": "regad", "shots": 2, "label": [0, 0, 1, 1], "score": [0.1, 0.4, 0.35, 0.8]})
     legend = roc_figure(scores, "x").axes[0].get_legend().get_texts()[0].get_text()
     assert legend == "regad K=2 (AUROC 75.0)"

@@ -1,4 +1,5 @@
-"""The committed notebooks are sources: stripped of outputs and run metadata, holding no algorithm."""
+"""The committed notebooks are sources: stripped of outputs and run metadata, holding no algorithm,
+reading their settings through the schema."""
 
 from __future__ import annotations
 
@@ -46,3 +47,12 @@ def test_notebook_holds_no_algorithm(path):
                 continue
             for module in modules:
                 assert module.split(".")[0] in ALLOWED_IMPORTS, f"{path} imports {module}: call fsad instead"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_reads_params_through_the_schema(path):
+    """params.yaml is read by fsad.pipeline.params (validated before any work), never as a raw mapping."""
+    for code in notebook_code(path):
+        for node in ast.walk(ast.parse(code)):
+            name = getattr(node, "id", None) or getattr(node, "attr", None)
+            assert name not in ("load_params", "safe_load", "from_dict"), f"{path}: read params.yaml with section() or a params builder"

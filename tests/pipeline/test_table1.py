@@ -19,7 +19,7 @@ from fsad.reporting.tables import (
 
 def results_of(categories, shots=(2, 4), n_sets=3, pixel=True) -> pd.DataFrame:
     rng = np.random.default_rng(0)
-    rows = [{"variant": "regad", "category": c, "shots": k, "support_set": s, "image_auroc": 0.8 + 0.01 * s,
+    rows = [{"method": "regad", "category": c, "shots": k, "support_set": s, "image_auroc": 0.8 + 0.01 * s,
              "pixel_auroc": 0.9 + 0.01 * rng.random() if pixel else np.nan}
             for c in categories for k in shots for s in range(n_sets)]
     return pd.DataFrame(rows)

@@ -13,7 +13,7 @@ def summary() -> pd.DataFrame:
         for category, base in (("a", 0.5), ("b", 0.7)):
             for shots in (2, 4):
                 for support_set, noise in enumerate((-0.02, 0.02)):
-                    rows.append({"variant": variant, "category": category, "shots": shots, "support_set": support_set,
+                    rows.append({"method": variant, "category": category, "shots": shots, "support_set": support_set,
                                  "image_auroc": base + offset + noise + shots / 100})
     return summarize(pd.DataFrame(rows), ["image_auroc"])
 

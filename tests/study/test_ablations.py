@@ -1,10 +1,9 @@
 import pytest
 import torch
 
-from fsad.config import RegADConfig
+from fsad.config import AblationConfig, RegADConfig
 from fsad.methods.regad.stn import STN_MODES
 from fsad.study.ablations import (
-    AblationConfig,
     ablation_table,
     ablation_variants,
     plot_ablations,
@@ -38,12 +37,12 @@ def test_ablations_on_toy(toy_root, tmp_path):
                             stn_modes=("rotation_scale", "translation"), metrics=("image_auroc", "pixel_auroc"),
                             regad=RegADConfig(image_size=64, epochs=1, batch_size=8, pretrained=False, device="cpu"))
     results = run_ablations(config, tmp_path, progress=False)
-    variants = set(results["variant"])
+    variants = set(results["method"])
     assert variants == {"stn_rotation_scale", "stn_translation", "no_stn", "frozen_bn", "untrained", "no_augmentation", "k_sweep"}
-    assert set(results.loc[results["variant"] == "k_sweep", "shots"]) == {1, 2}  # toy has 12 train images: no K=16
+    assert set(results.loc[results["method"] == "k_sweep", "shots"]) == {1, 2}  # toy has 12 train images: no K=16
     assert (tmp_path / "models" / "none" / "disc" / "regad.pt").is_file()
     assert (tmp_path / "models" / "rotation_scale-frozen_bn" / "disc" / "regad.pt").is_file()
-    metric = results.set_index(["variant", "shots"])["image_auroc"]
+    metric = results.set_index(["method", "shots"])["image_auroc"]
     assert metric[("k_sweep", 2)] == metric[("stn_rotation_scale", 2)]  # shared K: the default variant's rows
     frozen, default = (torch.load(tmp_path / "models" / m / "disc" / "regad.pt", weights_only=True)["model"]
                        for m in ("rotation_scale-frozen_bn", "rotation_scale"))

@@ -5,16 +5,14 @@ import pytest
 import torch
 
 from fsad.components.backbones import MissingWeightsError, resolve_weights
-from fsad.config import RegADConfig
+from fsad.config import ComparisonConfig, RegADConfig
 from fsad.methods.base import Scores
 from fsad.study import evaluation
 from fsad.study.comparison import (
     DEFAULT_METHODS,
-    ComparisonConfig,
     MemoryMonitor,
     comparison_table,
     cost_table,
-    method_metrics,
     run_comparison,
     run_costs,
 )
@@ -35,7 +33,7 @@ def test_own_image_scores_and_nan_pixel_metrics_without_masks():
     test = evaluation.TestSet(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), np.array([0, 0, 1, 1]), torch.zeros(4, 8, 8), has_masks=False)
     maps = torch.zeros(4, 8, 8)
     maps[:2] = 5  # the maps alone would rank the normal images first
-    out = method_metrics(Scores(maps, torch.tensor([0.0, 0.1, 0.8, 0.9])), test, ("image_auroc", "pixel_auroc", "aupro"))
+    out = evaluation.metrics_of(Scores(maps, torch.tensor([0.0, 0.1, 0.8, 0.9])), test, ("image_auroc", "pixel_auroc", "aupro"))
     assert out["image_auroc"] == 1.0 and math.isnan(out["pixel_auroc"]) and math.isnan(out["aupro"])
 
 

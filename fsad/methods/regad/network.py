@@ -61,11 +61,6 @@ class RegAD(nn.Module):
                     module.eval()
         return self
 
-    @property
-    def feature_dim(self) -> int:
-        """Channels of ``registered_features``: the three stages concatenated."""
-        return sum(self.backbone.channels)
-
     def transformed_features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Run stage -> STN three times; each warped map feeds the next stage.
 

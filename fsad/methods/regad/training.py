@@ -24,11 +24,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fsad.config import RegADConfig, resolve_device, training_settings
+from fsad.config import RegADConfig, resolve_device
 from fsad.data.loading import as_float, load_images
 from fsad.data.mvtec import Category
 from fsad.io import save_atomic
-from fsad.methods.regad.checkpoint import build_model, load_checkpoint
+from fsad.methods.regad.checkpoint import (
+    build_model,
+    checkpoint_differences,
+    load_checkpoint,
+    training_fingerprints,
+)
 from fsad.methods.regad.network import RegAD
 from fsad.seed import epoch_rng, seed_everything
 
@@ -103,8 +108,10 @@ def train_regad(
     Args:
         categories: Training categories (every category of the dataset but the target).
         config: Settings; ``config.seed`` fixes initialisation and sampling.
-        out_dir: Where the checkpoint, the final model and ``history.csv`` go.
-        resume: Continue from an existing checkpoint instead of starting over.
+        out_dir: Where the checkpoint and the final model (with its per-epoch history) go.
+        resume: Continue from an existing checkpoint instead of starting over; a checkpoint of
+            other training settings, categories or training images (``checkpoint_differences``)
+            is not resumed: training starts over, with a warning naming what changed.
         progress: Show tqdm bars.
 
     Returns:
@@ -119,15 +126,13 @@ def train_regad(
     start_epoch = 0
     checkpoint_path = out_dir / CHECKPOINT_NAME
     names = [c.name for c in categories]
+    fingerprints = training_fingerprints(categories)
     state = load_checkpoint(checkpoint_path, expected=config) if resume and checkpoint_path.is_file() else None
     if state is not None:
-        saved = training_settings(RegADConfig.from_dict(state["config"], source=str(checkpoint_path)))  # older files lack newer keys
-        wanted = training_settings(config)
-        changed = sorted(k for k in wanted if saved.get(k) != wanted[k])
-        if state["train_categories"] != names:
-            changed.append("training categories")
+        changed = checkpoint_differences(state, config, categories, checkpoint_path)
         if changed:
-            log.warning("%s was made with other training settings (%s): training from scratch", checkpoint_path, ", ".join(changed))
+            log.warning("%s was made with other training settings or data (%s): training from scratch",
+                        checkpoint_path, "; ".join(changed))
             state = None
     if state is not None:
         model.load_state_dict(state["model"])
@@ -178,8 +183,10 @@ def train_regad(
                 "schedulers": [s.state_dict() for s in schedulers],
                 "history": history,
                 "train_categories": names,
+                "train_fingerprints": fingerprints,
             },
             checkpoint_path,
         )
-    save_atomic({"config": config.to_dict(), "model": model.state_dict(), "history": history, "train_categories": names}, out_dir / MODEL_NAME)
+    save_atomic({"config": config.to_dict(), "model": model.state_dict(), "history": history, "train_categories": names,
+                 "train_fingerprints": fingerprints}, out_dir / MODEL_NAME)
     return model.eval()

@@ -14,8 +14,7 @@ def model():
 
 def test_registered_feature_shape(model):
     feats = model.registered_features(torch.rand(2, 3, 64, 64))
-    assert feats.shape == (2, model.feature_dim, 16, 16)
-    assert model.feature_dim == sum(model.backbone.channels)
+    assert feats.shape == (2, sum(model.backbone.channels), 16, 16)  # the three stages concatenated
 
 
 def test_untrained_registration_is_plain_backbone_features(model):

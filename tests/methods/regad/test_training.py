@@ -56,7 +56,11 @@ def test_two_runs_give_identical_weights(train_categories, tmp_path):
     a, b = state_of(tmp_path / "a" / MODEL_NAME), state_of(tmp_path / "b" / MODEL_NAME)
     assert all(torch.equal(a[k], b[k]) for k in a)
     # and training changed the weights (the check above is not comparing two untouched models)
-    fresh = train_regad(train_categories, TINY.replace(epochs=0), tmp_path / "c", progress=False).state_dict()
+    from fsad.methods.regad.checkpoint import build_model
+    from fsad.seed import seed_everything
+
+    seed_everything(TINY.seed)  # the initial weights train_regad starts from (epochs >= 1 is the schema's)
+    fresh = build_model(TINY).state_dict()
     assert any(not torch.equal(a[k], fresh[k]) for k in a if a[k].is_floating_point())
 
 
@@ -123,4 +127,41 @@ def test_checkpoint_without_newer_settings_resumes(train_categories, tmp_path):
     del state["config"]["freeze_backbone_bn"]  # a file written before the setting existed
     torch.save(state, tmp_path / CHECKPOINT_NAME)
     train_regad(train_categories, TINY, tmp_path, progress=False)
+    assert [h["epoch"] for h in torch.load(tmp_path / MODEL_NAME, weights_only=True)["history"]] == [1, 2]
+
+
+def test_checkpoint_records_its_training_images_and_changed_images_retrain(toy_root, tmp_path, caplog):
+    import shutil
+
+    from PIL import Image
+
+    from fsad.data.fingerprint import category_fingerprint
+    from fsad.methods.regad.checkpoint import checkpoint_differences
+
+    for name in ("ring", "stripes"):
+        shutil.copytree(toy_root / name, tmp_path / "data" / name)
+    categories = [load_category(tmp_path / "data", c) for c in ("ring", "stripes")]
+    train_regad(categories, TINY.replace(epochs=1), tmp_path / "model", progress=False)
+    state = torch.load(tmp_path / "model" / CHECKPOINT_NAME, weights_only=True)
+    assert state["train_fingerprints"] == {c.name: category_fingerprint(c) for c in categories}
+    assert checkpoint_differences(state, TINY.replace(epochs=1), categories, tmp_path) == []
+    assert checkpoint_differences(state, TINY.replace(epochs=1, lr=0.1), categories, tmp_path) == ["lr: 0.05 -> 0.1"]
+
+    image = tmp_path / "data" / "stripes" / "train" / "good" / "000.png"
+    Image.open(image).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(image)  # the data set changed
+    changed = checkpoint_differences(state, TINY.replace(epochs=1), categories, tmp_path)
+    assert len(changed) == 1 and "stripes/train/good changed" in changed[0]
+    with caplog.at_level("WARNING", logger="fsad.methods.regad.training"):
+        train_regad(categories, TINY, tmp_path / "model", progress=False)
+    assert "stripes/train/good changed" in caplog.text and "training from scratch" in caplog.text
+
+
+def test_checkpoint_without_fingerprints_resumes_with_a_warning(train_categories, tmp_path, caplog):
+    train_regad(train_categories, TINY, tmp_path, progress=False)
+    state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
+    del state["train_fingerprints"]  # written before fingerprints were recorded
+    torch.save(state, tmp_path / CHECKPOINT_NAME)
+    with caplog.at_level("WARNING"):
+        train_regad(train_categories, TINY, tmp_path, progress=False)
+    assert "records no fingerprint" in caplog.text and "training from scratch" not in caplog.text
     assert [h["epoch"] for h in torch.load(tmp_path / MODEL_NAME, weights_only=True)["history"]] == [1, 2]

@@ -1,0 +1,77 @@
+"""An output folder belongs to one config: ``run.json`` records which, and what it asked.
+
+``fsad run / compare / ablate`` write their results under ``runs/<config file name>`` by
+default, so two configs of the same file name in different folders would land in one
+folder. :func:`claim` stops that before any work: a folder made by another config file
+with other settings is refused (``--out`` picks another folder, ``--force`` takes it over);
+the same config with changed settings goes on, and every cached artifact inside (support
+sets, models) checks on its own what made it and is recomputed where that changed.
+
+Example:
+    >>> changed = claim(Path("runs/fsad_mini"), Path("configs/fsad_mini.yaml"), config.to_dict())
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from fsad.io import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+RECORD = "run.json"
+
+
+def _flat(values: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(values, dict):
+        return {k: v for key, value in values.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): values}
+
+
+def changed_settings(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """``key: old -> new`` for every (dotted) key whose value differs."""
+    old, new = _flat(json.loads(json.dumps(before))), _flat(json.loads(json.dumps(after)))
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+
+
+def claim(out_dir: Path, config_path: Path, settings: dict[str, Any], command: str, force: bool = False) -> list[str]:
+    """Record that ``out_dir`` holds the run of ``config_path``; refuse a folder of another config.
+
+    Args:
+        out_dir: The output folder (created).
+        config_path: The config file the settings came from.
+        settings: The validated settings (JSON-able).
+        command: ``run``, ``compare`` or ``ablate``: a folder serves one kind of study.
+        force: Take over a folder made by another config.
+
+    Returns:
+        The settings that changed since the last run in this folder (empty for a new one).
+
+    Raises:
+        ValueError: ``out_dir`` holds the results of another config or study.
+    """
+    out_dir, config_path = Path(out_dir), Path(config_path).resolve()
+    record = out_dir / RECORD
+    new = {"command": command, "config": str(config_path), "settings": settings}
+    changed: list[str] = []
+    if record.is_file():
+        old = json.loads(record.read_text())
+        changed = changed_settings(old.get("settings", {}), settings)
+        other = old.get("config") != str(config_path) or old.get("command") != command
+        if other and (changed or old.get("command") != command) and not force:
+            raise ValueError(
+                f"{out_dir} holds the results of `fsad {old.get('command')} --config {old.get('config')}`, "
+                f"not of this config ({len(changed)} setting(s) differ, e.g. {'; '.join(changed[:3]) or 'the study'}); "
+                "pass --out for a new folder, or --force to reuse this one")
+        if changed:
+            log.warning("settings changed since the last run in %s: %s; cached support sets and models are checked "
+                        "and recomputed where they differ", out_dir, "; ".join(changed))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(record, new)
+    return changed
+
+
+__all__ = ["RECORD", "changed_settings", "claim"]

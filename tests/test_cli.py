@@ -1,0 +1,71 @@
+"""The command line's error contract: one ``fsad: error:`` message and exit 2, Ctrl-C exits 130, no traceback."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from fsad.cli import main
+from fsad.methods.regad import training
+
+
+def run(capsys, *argv) -> tuple[int, list[str]]:
+    """Exit status and stderr lines of ``fsad *argv``."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in argv])
+    return exit_info.value.code, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.fixture
+def data(toy_root, tmp_path, monkeypatch):
+    """A copy of the toy data set at ``./data``, relative to the current directory (tmp_path)."""
+    shutil.copytree(toy_root, tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / "data"
+
+
+def test_train_refuses_an_unknown_target_naming_the_categories(data, capsys, monkeypatch):
+    monkeypatch.setattr(training, "train_regad", lambda *a, **k: pytest.fail("trained despite a wrong target"))
+    code, lines = run(capsys, "train", "--data", "data", "--target", "gadget", "--out", "model")
+    assert code == 2 and lines[0].startswith("fsad: error: 1 problem(s)")
+    assert "'gadget' not in" in lines[1] and "available: disc, ring, stripes" in lines[1]
+    assert not any("Traceback" in line for line in lines)
+
+
+def test_train_reads_a_relative_data_folder_from_the_current_directory(data, capsys, monkeypatch):
+    trained = []
+    monkeypatch.setattr(training, "train_regad", lambda categories, *a, **k: trained.append([c.name for c in categories]))
+    main(["train", "--data", "data", "--target", "disc", "--out", "model"])
+    assert trained == [["ring", "stripes"]]
+    assert "model/regad.pt" in capsys.readouterr().out
+
+
+def test_train_checks_the_images_before_training(data, capsys, monkeypatch):
+    monkeypatch.setattr(training, "train_regad", lambda *a, **k: pytest.fail("trained on a broken data set"))
+    broken = data / "ring" / "train" / "good" / "000.png"
+    broken.write_bytes(b"not a png")
+    code, lines = run(capsys, "train", "--data", "data", "--target", "disc", "--out", "model")
+    assert code == 2 and f"cannot read image {broken.resolve()}" in "\n".join(lines)
+
+
+@pytest.mark.parametrize("error", [PermissionError("model: permission denied"), RuntimeError("device 'cuda' asked for"),
+                                   OSError("image file is truncated")])
+def test_expected_errors_exit_2_with_one_message(data, capsys, monkeypatch, error):
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(training, "train_regad", fail)
+    code, lines = run(capsys, "train", "--data", "data", "--target", "disc", "--out", "model")
+    assert (code, lines) == (2, [f"fsad: error: {error}"])
+
+
+def test_ctrl_c_exits_130_with_one_line_naming_the_results(data, capsys, monkeypatch):
+    def interrupted(categories, config, out_dir, **kwargs):
+        out_dir.mkdir(parents=True)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "train_regad", interrupted)
+    code, lines = run(capsys, "train", "--data", "data", "--target", "disc", "--out", "model")
+    assert (code, lines) == (130, ["fsad: interrupted; finished results are kept in model"])
