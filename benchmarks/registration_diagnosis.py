@@ -33,13 +33,12 @@ from fsad.config import ExperimentConfig, resolve_device
 from fsad.data.loading import as_float
 from fsad.data.mvtec import load_category
 from fsad.data.support_sets import support_sets_for
-from fsad.methods.regad.checkpoint import load_model
+from fsad.methods.regad.checkpoint import load_model, untrained_regad
 from fsad.methods.regad.detector import RegADMethod
 from fsad.methods.regad.stn import compose_theta
 from fsad.methods.regad.training import MODEL_NAME
 from fsad.study.evaluation import TestSet, evaluate_detector
 from fsad.study.experiment import resolve_dataset
-from fsad.methods.regad.checkpoint import untrained_regad
 
 
 def hybrids(trained: torch.nn.Module, untrained: torch.nn.Module) -> dict[str, torch.nn.Module]:

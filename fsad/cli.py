@@ -71,6 +71,20 @@ def _results_folder(args) -> Path | None:
     return ROOT / "runs" / Path(config).stem if config and args.command in ("run", "compare", "ablate") else None
 
 
+def _checked(args, config, training: bool = True) -> bool:
+    """With ``--check``: validate the data for ``config`` (preflight), say so and return True: nothing runs."""
+    if not args.check:
+        return False
+    from fsad.study.experiment import resolve_dataset
+    from fsad.study.preflight import preflight
+
+    checked = preflight(resolve_dataset(config.dataset), config.categories, config.shots, config.metrics, config.regad.device,
+                        training=training)
+    print(f"{args.config}: config and data OK ({checked.root}: targets {', '.join(checked.targets)}; "
+          f"K = {', '.join(map(str, config.shots))}; {config.n_sets} support sets each); nothing was run")
+    return True
+
+
 def _claimed_out(args, settings: dict, command: str) -> Path:
     """The output folder (``--out``, else ``runs/<config name>``), claimed for this config before any work."""
     from fsad.study.run_folder import claim
@@ -89,12 +103,14 @@ def _wall_time(out: Path, seconds: float, what: str = "") -> str:
 
 
 def cmd_run(args) -> None:
+    from fsad.config import ExperimentConfig
     from fsad.io import write_csv_atomic
     from fsad.reporting.tables import mean_difference, side_by_side, summarize, to_markdown
-    from fsad.config import ExperimentConfig
     from fsad.study.experiment import run_experiment
 
     config = ExperimentConfig.from_yaml(args.config)
+    if _checked(args, config):
+        return
     out = _claimed_out(args, config.to_dict(), "run")
     tic = time.perf_counter()
     results = run_experiment(config, out)
@@ -110,8 +126,8 @@ def cmd_run(args) -> None:
 
 
 def cmd_compare(args) -> None:
-    from fsad.reporting.tables import to_markdown
     from fsad.config import ComparisonConfig
+    from fsad.reporting.tables import to_markdown
     from fsad.study.comparison import cost_table, run_comparison, run_costs, write_report
 
     values = _yaml_mapping(args.config)
@@ -120,6 +136,8 @@ def cmd_compare(args) -> None:
     if args.no_costs:
         values["measure_costs"] = False
     config = ComparisonConfig.from_dict(values, source=args.config)
+    if _checked(args, config, training=bool({"regad", "resad"} & set(config.methods))):
+        return
     out = _claimed_out(args, config.to_dict(), "compare")
     if args.costs_only:
         print(to_markdown(cost_table(run_costs(config, out))))
@@ -136,6 +154,8 @@ def cmd_ablate(args) -> None:
     from fsad.study.ablations import run_ablations, write_report
 
     config = AblationConfig.from_yaml(args.config)
+    if _checked(args, config):
+        return
     out = _claimed_out(args, config.to_dict(), "ablate")
     if not args.tables_only:
         tic = time.perf_counter()
@@ -191,12 +211,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"))
     p.add_argument("--out", help="output folder (default: runs/<config name>)")
     p.add_argument("--force", action="store_true", help="reuse an output folder made by another config")
+    p.add_argument("--check", action="store_true", help="only validate the config and the data set (seconds), run nothing")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("compare", help="RegAD and its peers on the same support sets: tables, costs, example maps")
     p.add_argument("--config", required=True, help="YAML of fsad.config.ComparisonConfig fields, e.g. configs/compare_fsad_mini.yaml")
     p.add_argument("--out", help="output folder (default: runs/<config name>)")
     p.add_argument("--force", action="store_true", help="reuse an output folder made by another config")
+    p.add_argument("--check", action="store_true", help="only validate the config and the data set (seconds), run nothing")
     p.add_argument("--methods", nargs="+", help="only these methods (overrides the config's methods)")
     p.add_argument("--no-costs", action="store_true", help="skip the cost measurement (e.g. runs sharing the machine)")
     p.add_argument("--costs-only", action="store_true", help="only time every method (fresh process each, first category, largest K)")
@@ -208,6 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--config", required=True, help="YAML of fsad.config.AblationConfig fields, e.g. configs/ablations_fsad_mini.yaml")
     p.add_argument("--out", help="output folder (default: runs/<config name>)")
     p.add_argument("--force", action="store_true", help="reuse an output folder made by another config")
+    p.add_argument("--check", action="store_true", help="only validate the config and the data set (seconds), run nothing")
     p.add_argument("--tables-only", action="store_true", help="do not run: write the tables of --out")
     p.set_defaults(func=cmd_ablate)
 

@@ -70,9 +70,9 @@ def _metric_names() -> tuple[str, ...]:
 
 
 def _method_names() -> tuple[str, ...]:
-    from fsad.study.comparison import METHODS
+    from fsad.methods.registry import DETECTORS
 
-    return tuple(METHODS)
+    return tuple(DETECTORS)
 
 
 def _stn_modes() -> tuple[str, ...]:
@@ -436,7 +436,7 @@ class ComparisonConfig(StudyConfig):
     """RegAD and its peers under one harness (``fsad.study.comparison``): the ``StudyConfig`` fields and these.
 
     Attributes:
-        methods: Names in ``fsad.study.comparison.METHODS``.
+        methods: Names in ``fsad.methods.registry.DETECTORS``.
         regad_models: Folder holding ``<category>/regad.pt`` made by ``fsad.study.experiment``
             (reused, not retrained); ``None``: ``out_dir/models``.
         support_dir: Folder of the support-set JSON files; ``None``: ``out_dir/support_sets``.

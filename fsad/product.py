@@ -203,6 +203,8 @@ def fit_product(images: Sequence[str | Path], method: str, regad: RegADConfig, o
     support = find_images(images)
     extra = find_images(good) if good else []
     k = len(support)
+    if model_path is not None and method in DETECTORS and DETECTORS[method].model_file is None:
+        raise ValueError(f"fsad/product.py: {method} uses no trained model file; drop --model {model_path}")
     detector = build_detector(method, regad, options, model_path)
     if k < detector.min_support:
         raise ValueError(f"fsad/product.py: {method} needs K >= {detector.min_support} support images, got {k}"
@@ -215,7 +217,7 @@ def fit_product(images: Sequence[str | Path], method: str, regad: RegADConfig, o
         "support": {"count": k, "images": [str(p) for p, _ in support], "fingerprint": _fingerprint([p for p, _ in support])},
         "good": {"count": len(extra), "images": [str(p) for p, _ in extra],
                  "fingerprint": _fingerprint([p for p, _ in extra]) if extra else None},
-        "model": {"path": str(model_path), "fingerprint": _fingerprint([Path(model_path)])} if model_path and DETECTORS[method].model_file else None,
+        "model": {"path": str(model_path), "fingerprint": _fingerprint([Path(model_path)])} if model_path else None,
     }
     _check_out(out, _recipe({"method": method, "settings": {"regad": regad.to_dict(), "options": options}, **record}), force)
 
@@ -239,6 +241,9 @@ def _jet(values: torch.Tensor) -> torch.Tensor:
 def overlay(image: torch.Tensor, normalised_map: torch.Tensor) -> torch.Tensor:
     """The image with the normalised map blended in, more opaque where it is higher.
 
+    Opacity is 0.7 x the normalised value: clear where the image is typical (0), 0.35 at
+    the threshold (0.5), so only what is near or above the threshold catches the eye.
+
     Args:
         image: 3 x H x W, uint8 or float in [0, 1].
         normalised_map: H x W in [0, 1] (0.5 = threshold).
@@ -246,7 +251,7 @@ def overlay(image: torch.Tensor, normalised_map: torch.Tensor) -> torch.Tensor:
     Returns:
         3 x H x W uint8.
     """
-    alpha = 0.25 + 0.5 * normalised_map  # H x W: the image stays visible everywhere
+    alpha = 0.7 * normalised_map  # H x W: the image stays visible everywhere
     blended = (1 - alpha) * to_float(image) + alpha * _jet(normalised_map)  # 3 x H x W
     return (blended * 255).round().clamp(0, 255).to(torch.uint8)
 

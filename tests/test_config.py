@@ -5,16 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from fsad.config import (
-    AblationConfig,
-    ComparisonConfig,
-    ConfigError,
-    EvalSettings,
-    ExperimentConfig,
-    RegADConfig,
-    ResADSettings,
-    Settings,
-)
+from fsad.config import AblationConfig, ComparisonConfig, ConfigError, EvalSettings, ExperimentConfig, RegADConfig, ResADSettings, Settings
 from fsad.paths import ROOT
 from fsad.pipeline import params
 from fsad.pipeline.params import SECTIONS, ablation_config, comparison_config, section

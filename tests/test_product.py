@@ -179,6 +179,7 @@ def test_user_errors_exit_2_with_one_line(product, capsys, tmp_path):
     assert "--good" in fails(capsys, "fit", *two, "--method", "padim", "--config", config, "--out", tmp_path / "d")
     for method in ("regad", "resad"):
         assert "--model" in fails(capsys, "fit", good, "--method", method, "--config", config, "--out", tmp_path / "d")
+    assert "drop --model" in fails(capsys, "fit", good, "--model", config, "--config", config, "--out", tmp_path / "d")
     options = tmp_path / "options.yaml"
     options.write_text(CONFIG + "options:\n  coreset: 0.1\n")
     line = fails(capsys, "fit", good, "--method", "patchcore", "--config", options, "--out", tmp_path / "d")

@@ -14,7 +14,6 @@ found under the name a user types.
 
 Example:
     >>> category = load_category("/work/shared/datasets/fsad-mini", "pcb")  # doctest: +SKIP
-    >>> batch = ImageDataset(category.test, size=224)[0]  # doctest: +SKIP
     >>> batch["image"].shape, batch["mask"].shape  # doctest: +SKIP
     (torch.Size([3, 224, 224]), torch.Size([1, 224, 224]))
 """
@@ -22,7 +21,6 @@ Example:
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -320,46 +318,3 @@ def read_mask(path: str | Path, size: int | tuple[int, int],
         # nearest-exact samples pixel centres like PIL; plain "nearest" shifts by half a pixel.
         mask = F.interpolate(mask[None], size=(height, width), mode="nearest-exact")[0]  # 1 x H x W
     return mask
-
-
-class ImageDataset(torch.utils.data.Dataset):
-    """Images, labels and masks of a list of samples, resized to one size.
-
-    Each item is a dict:
-        ``image``: ``3 x H x W`` float32 in [0, 1];
-        ``label``: int64 scalar tensor, 1 for anomalous;
-        ``mask``: ``1 x H x W`` float32 in {0, 1}, all zeros when the sample has no mask;
-        ``has_mask``: True when ``mask`` is the ground truth: always for normal images
-        (nothing in them is anomalous), and for anomalous ones that have a mask file. Pixel
-        metrics are valid on a set of items iff all of them have ``has_mask``;
-        ``index``: the position of the sample in ``samples``.
-
-    Args:
-        samples: The samples to serve, e.g. ``category.test``.
-        size: Output side, or ``(height, width)``.
-
-    Example:
-        >>> dataset = ImageDataset(load_category(root, "bottle").test, 224)  # doctest: +SKIP
-        >>> loader = torch.utils.data.DataLoader(dataset, batch_size=32)  # doctest: +SKIP
-    """
-
-    def __init__(self, samples: Sequence[Sample], size: int | tuple[int, int]) -> None:
-        self.samples = tuple(samples)
-        self.size = _as_hw(size)
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> dict:
-        sample = self.samples[index]
-        if sample.mask_path is None:
-            mask = torch.zeros(1, *self.size)  # 1 x H x W
-        else:
-            mask = read_mask(sample.mask_path, self.size, image_path=sample.path)  # 1 x H x W
-        return {
-            "image": read_image(sample.path, self.size),  # 3 x H x W
-            "label": torch.tensor(sample.label, dtype=torch.long),
-            "mask": mask,
-            "has_mask": sample.label == 0 or sample.mask_path is not None,
-            "index": index,
-        }

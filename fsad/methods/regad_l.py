@@ -22,7 +22,7 @@ from fsad.config import RegADConfig
 from fsad.methods.base import to_float
 from fsad.methods.regad.checkpoint import build_model
 from fsad.methods.regad.detector import RegADMethod
-from fsad.methods.regad.training import epoch_batches, make_optimizers
+from fsad.methods.regad.training import epoch_batches, make_optimizers, training_step
 from fsad.seed import seed_everything
 
 
@@ -56,12 +56,7 @@ class RegADL(RegADMethod):
         model.train()
         for epoch in range(config.epochs):
             for batch in epoch_batches([k], config, epoch):
-                loss = model.registration_loss(images[batch.queries].to(self.device), images[batch.supports].to(self.device))
-                for opt in optimizers:
-                    opt.zero_grad(set_to_none=True)
-                loss.backward()
-                for opt in optimizers:
-                    opt.step()
+                training_step(model, optimizers, images[batch.queries].to(self.device), images[batch.supports].to(self.device))
             for sched in schedulers:
                 sched.step()
         self.model = model.eval()

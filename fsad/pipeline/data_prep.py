@@ -26,9 +26,9 @@ from fsad.data.support_sets import support_sets_for
 from fsad.io import atomic_dir, write_json_atomic
 from fsad.paths import ROOT
 from fsad.pipeline import layout
-from fsad.study.preflight import preflight
 from fsad.pipeline.manifest import dataset_root
 from fsad.reporting.paper import benchmark_of
+from fsad.study.preflight import preflight
 
 SUPPORT_SOURCES = ("draw", "official")
 

@@ -21,13 +21,12 @@ import torch
 from fsad.config import EvalSettings, RegADConfig
 from fsad.data.mvtec import Category
 from fsad.io import write_csv_atomic, write_json_atomic
-from fsad.methods.regad.checkpoint import load_model
+from fsad.methods.regad.checkpoint import load_model, untrained_regad
 from fsad.methods.regad.detector import RegADMethod
 from fsad.methods.regad.network import RegAD
 from fsad.pipeline import layout
 from fsad.pipeline.manifest import prepared_category, prepared_support_sets
 from fsad.study.evaluation import TestSet, evaluate_detector, per_image_scores
-from fsad.methods.regad.checkpoint import untrained_regad
 
 FIGURE_SET = 0  # the support set whose maps the figures show (the same one for every K)
 

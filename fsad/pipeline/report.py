@@ -17,13 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fsad.io import (
-    atomic_dir,
-    save_figure_atomic,
-    write_csv_atomic,
-    write_json_atomic,
-    write_text_atomic,
-)
+from fsad.io import atomic_dir, save_figure_atomic, write_csv_atomic, write_json_atomic, write_text_atomic
 from fsad.paths import REPORTS_DIR
 from fsad.pipeline import layout
 from fsad.pipeline.manifest import load_manifest

@@ -23,9 +23,9 @@ import torch
 from fsad.components.views import ROTATIONS, TRANSLATIONS, support_views
 from fsad.config import RegADConfig, resolve_device
 from fsad.data.loading import to_float
+from fsad.methods.regad.detector import extract_features
 from fsad.methods.regad.network import RegAD
 from fsad.methods.regad.stn import compose_theta, warp
-from fsad.methods.regad.detector import extract_features
 
 
 def view_names() -> list[tuple[str, str, float]]:

@@ -36,6 +36,7 @@ from fsad.config import AblationConfig
 from fsad.data.mvtec import list_categories, load_category
 from fsad.data.support_sets import support_sets_for
 from fsad.io import save_figure_atomic, write_csv_atomic, write_text_atomic
+from fsad.methods.regad.checkpoint import untrained_regad
 from fsad.methods.regad.detector import RegADMethod
 from fsad.methods.regad.network import RegAD
 from fsad.methods.regad.stn import NO_STN
@@ -44,7 +45,6 @@ from fsad.reporting.tables import MEAN_ROW, summarize
 from fsad.study.comparison import comparison_table, table_markdown
 from fsad.study.evaluation import TestSet, evaluate_detector
 from fsad.study.experiment import resolve_dataset
-from fsad.methods.regad.checkpoint import untrained_regad
 from fsad.study.models import leave_one_out_regad
 from fsad.study.preflight import preflight
 

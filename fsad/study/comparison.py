@@ -33,7 +33,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,38 +42,29 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fsad.components.backbones import build_backbone
 from fsad.config import ComparisonConfig, resolve_device
 from fsad.data.loading import load_images
 from fsad.data.mvtec import Category, list_categories, load_category
 from fsad.data.support_sets import support_samples, support_sets_for
 from fsad.io import save_atomic, save_figure_atomic, write_csv_atomic, write_text_atomic
-from fsad.methods import (
-    SPADE,
-    Detector,
-    PaDiM,
-    PatchCore,
-    RegADL,
-    RegADMethod,
-    ResAD,
-)
+from fsad.methods import Detector, ResAD
 from fsad.methods.regad.training import MODEL_NAME
+from fsad.methods.registry import DETECTORS, build_detector
 from fsad.reporting.tables import pivot_text, summarize, to_markdown
 from fsad.study.evaluation import TestSet, evaluate_detector
 from fsad.study.experiment import resolve_dataset
-from fsad.methods.regad.checkpoint import untrained_regad
 from fsad.study.models import leave_one_out_regad
 from fsad.study.preflight import preflight
 from fsad.study.targets import for_each_target
 
 log = logging.getLogger(__name__)
 
-DEFAULT_METHODS = ("regad", "untrained", "spade", "padim", "padim_views", "patchcore", "resad", "regad_l")
+DEFAULT_METHODS = tuple(DETECTORS)  # every method of the registry, in its order
 
 
 @dataclass
 class Context:
-    """What a method builder may use: the settings, the target and the training categories."""
+    """What building a method for one target may use: the settings, the target and the training categories."""
 
     config: ComparisonConfig
     target: Category
@@ -86,53 +77,45 @@ class Context:
     def device(self) -> str:
         return resolve_device(self.config.regad.device)
 
-    def backbone(self):
-        r = self.config.regad
-        return build_backbone(r.backbone, pretrained=r.pretrained, normalize=r.normalize)
 
-
-def _regad(ctx: Context) -> Detector:
+def _regad_model(ctx: Context) -> Path:
     """The leave-one-out RegAD model of ``fsad run``: reused from ``regad_models``, else trained (resumable) in ``models_dir``."""
     reuse = Path(ctx.config.regad_models) / ctx.target.name / MODEL_NAME if ctx.config.regad_models else None
     # A missing model is trained into models_dir, never into the folder of another run.
-    model, path = leave_one_out_regad(ctx.others, ctx.config.regad, ctx.models_dir / ctx.target.name, reuse, ctx.progress)
-    ctx.notes["model"] = str(path)
-    return RegADMethod(model, ctx.config.regad, name="regad")
+    _, path = leave_one_out_regad(ctx.others, ctx.config.regad, ctx.models_dir / ctx.target.name, reuse, ctx.progress)
+    return path
 
 
-def _untrained(ctx: Context) -> Detector:
-    return RegADMethod(untrained_regad(ctx.config.regad), ctx.config.regad, name="untrained")
-
-
-def _resad(ctx: Context) -> Detector:
-    """ResAD trained on the other categories (``<models_dir>/<target>/resad.pt``, reused when present)."""
-    method = ResAD(ctx.backbone(), ctx.config.regad.image_size, device=ctx.device)
-    settings = ctx.config.resad
-    path = ctx.models_dir / ctx.target.name / "resad.pt"
+def _resad_model(ctx: Context) -> Path:
+    """ResAD's head trained on the other categories: ``<models_dir>/<target>/resad.pt``, reused when made with these settings and data."""
+    settings, path = ctx.config.resad, ctx.models_dir / ctx.target.name / "resad.pt"
     changed = ResAD.saved_differences(path, settings, ctx.others) if path.is_file() else None
     if changed == []:
-        sources = method.load(path)["sources"]
+        sources = torch.load(path, map_location="cpu", weights_only=True)["sources"]
     else:
         if changed:
             log.warning("%s was made with other settings or data (%s): training again", path, "; ".join(changed))
+        method = DETECTORS["resad"].build(ctx.config.regad, {}, None)  # a head to train here (build_detector wants a trained one)
         sources = method.train(ctx.others, settings, progress=ctx.progress)
         method.save(path, settings, sources, ctx.others)
         ctx.notes["trained"] = True
     ctx.notes["anomalies"] = ", ".join(f"{k}: {v}" for k, v in sorted(sources.items()))
-    return method
+    return path
 
 
-# name -> builder; a builder may train (leave one out) and records what it did in ctx.notes.
-METHODS: dict[str, Callable[[Context], Detector]] = {
-    "regad": _regad,
-    "untrained": _untrained,
-    "spade": lambda ctx: SPADE(ctx.backbone(), ctx.config.regad.image_size, device=ctx.device, **ctx.config.spade),
-    "padim": lambda ctx: PaDiM(ctx.backbone(), ctx.config.regad.image_size, device=ctx.device, **ctx.config.padim),
-    "padim_views": lambda ctx: PaDiM(ctx.backbone(), ctx.config.regad.image_size, augment_support=True, device=ctx.device, **ctx.config.padim),
-    "patchcore": lambda ctx: PatchCore(ctx.backbone(), ctx.config.regad.image_size, device=ctx.device, **ctx.config.patchcore),
-    "resad": _resad,
-    "regad_l": lambda ctx: RegADL(ctx.config.regad, **ctx.config.regad_l),
-}
+def build_method(ctx: Context, name: str) -> Detector:
+    """Method ``name`` for ``ctx.target``: its leave-one-out model trained or reused first, then built by the registry.
+
+    The shared settings (``config.regad``: backbone, image size, device, eps, blur sigma)
+    reach every method through ``fsad.methods.registry.build_detector``.
+    """
+    config = ctx.config
+    model_path = {"regad": _regad_model, "resad": _resad_model}.get(name, lambda _: None)(ctx)
+    if model_path is not None:
+        ctx.notes["model"] = str(model_path)
+    options = {"spade": config.spade, "padim": config.padim, "padim_views": config.padim, "patchcore": config.patchcore,
+               "regad_l": config.regad_l}.get(name, {})
+    return build_detector(name, config.regad, options, model_path)
 
 
 class MemoryMonitor:
@@ -210,7 +193,7 @@ def _cost_worker(job: Path) -> None:
     """
     ctx, name, support, images, threads = pickle.loads(Path(job).read_bytes())
     torch.set_num_threads(threads)
-    method = METHODS[name](ctx)
+    method = build_method(ctx, name)
     with MemoryMonitor(ctx.device) as monitor:
         tic = time.perf_counter()
         method.fit(support)
@@ -279,7 +262,7 @@ def run_costs(config: ComparisonConfig, out_dir: Path, models_dir: Path | None =
     rows = []
     for name in config.methods:
         ctx = Context(config, category, others, models_dir, False)
-        METHODS[name](ctx)  # trains here if needed, so the measured process only loads
+        build_method(ctx, name)  # trains here if needed, so the measured process only loads
         rows.append(_cost_row(ctx, name, largest, support, test.images))
         log.info("%s cost measured", name)
     costs = pd.DataFrame(rows)
@@ -324,7 +307,7 @@ def run_comparison(config: ComparisonConfig, out_dir: Path, models_dir: Path | N
         for name in config.methods:
             ctx = Context(config, category, others, models_dir, progress)
             tic = time.perf_counter()
-            method = METHODS[name](ctx)
+            method = build_method(ctx, name)
             training.append({"method": name, "category": target, "train_seconds": time.perf_counter() - tic, **ctx.notes})
             run = evaluate_detector(method, category, sets, test, config.metrics, keep=[largest] if target == shown else [],
                                     progress=progress)
@@ -410,7 +393,7 @@ def plot_example_maps(examples: dict[str, Any], path: Path | None = None):
 
 def read_runs(folders: Sequence[Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """Results, costs, training records and example maps of runs on the same support sets, methods in registry order."""
-    order = {name: i for i, name in enumerate(METHODS)}
+    order = {name: i for i, name in enumerate(DETECTORS)}
     folders = [Path(f) for f in folders]
 
     def every(name: str) -> pd.DataFrame:
@@ -454,5 +437,5 @@ def write_report(config: ComparisonConfig, out_dir: Path, include: Sequence[Path
     write_text_atomic(Path(out_dir) / "table.md", text + "\n")
     return text
 
-__all__ = ["DEFAULT_METHODS", "METHODS", "MemoryMonitor", "comparison_table", "cost_table",
+__all__ = ["DEFAULT_METHODS", "build_method", "MemoryMonitor", "comparison_table", "cost_table",
            "load_examples", "read_runs", "write_report", "plot_example_maps", "run_comparison", "run_costs", "table_markdown"]

@@ -25,10 +25,10 @@ from fsad.data.mvtec import list_categories, load_category
 from fsad.data.support_sets import support_sets_for
 from fsad.data.toy import make_toy_dataset
 from fsad.io import write_csv_atomic
+from fsad.methods.regad.checkpoint import untrained_regad
 from fsad.methods.regad.detector import RegADMethod
 from fsad.paths import DATA_DIR, FSAD_MINI_DIR
 from fsad.study.evaluation import TestSet, evaluate_detector
-from fsad.methods.regad.checkpoint import untrained_regad
 from fsad.study.models import leave_one_out_regad
 from fsad.study.preflight import preflight
 from fsad.study.targets import for_each_target

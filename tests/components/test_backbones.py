@@ -9,13 +9,7 @@ import pytest
 import torch
 import torchvision
 
-from fsad.components.backbones import (
-    BACKBONES,
-    FeatureExtractor,
-    MissingWeightsError,
-    build_backbone,
-    resolve_weights,
-)
+from fsad.components.backbones import BACKBONES, FeatureExtractor, MissingWeightsError, build_backbone, resolve_weights
 from fsad.components.weights import cache_dir
 
 _BUILT: dict[str, FeatureExtractor] = {}

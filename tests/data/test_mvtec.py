@@ -9,14 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fsad.data.mvtec import (
-    ImageDataset,
-    list_categories,
-    load_category,
-    read_image,
-    read_mask,
-    resize_image,
-)
+from fsad.data.loading import load_images, load_masks
+from fsad.data.mvtec import list_categories, load_category, read_image, read_mask, resize_image
 
 FSAD_MINI_COUNTS = {  # category: (train/good, test/good, test defective, has masks), its README
     "bottle": (209, 20, 63, False),
@@ -74,12 +68,11 @@ def test_fsad_mini_bottle_defects_and_order(fsad_mini_root):
 def test_fsad_mini_non_square_grey_image_and_its_mask(fsad_mini_root):
     tile = load_category(fsad_mini_root, "magnetic_tile")
     sample = next(s for s in tile.test if s.label == 1)
-    item = ImageDataset([sample], (40, 56))[0]
-    assert item["image"].shape == (3, 40, 56)
+    image, mask = read_image(sample.path, (40, 56)), read_mask(sample.mask_path, (40, 56), image_path=sample.path)
+    assert image.shape == (3, 40, 56)
     # A grey source gives three equal channels.
-    assert torch.equal(item["image"][0], item["image"][2])
-    assert item["mask"].shape == (1, 40, 56) and item["mask"].sum() > 0
-    assert item["has_mask"] is True
+    assert torch.equal(image[0], image[2])
+    assert mask.shape == (1, 40, 56) and mask.sum() > 0
 
 
 def test_toy_category_read(toy_root):
@@ -196,30 +189,21 @@ def test_broken_layouts_name_the_path(tmp_path):
         load_category(tmp_path, "widget")
 
 
-def test_dataset_items(toy_root):
+def test_loaded_test_images_and_masks(toy_root):
     disc = load_category(toy_root, "disc")
-    dataset = ImageDataset(disc.test, 32)
-    assert len(dataset) == 8
-    anomalous, normal = dataset[0], dataset[2]
-    assert anomalous["image"].shape == (3, 32, 32)
-    assert 0.0 <= anomalous["image"].min() and anomalous["image"].max() <= 1.0
-    assert anomalous["label"].item() == 1 and normal["label"].item() == 0
-    assert anomalous["index"] == 0 and normal["index"] == 2
+    images, masks = load_images(disc.test, 32), load_masks(disc.test, 32)
+    assert images.shape == (8, 3, 32, 32) and images.dtype == torch.uint8
+    assert [s.label for s in disc.test][:3] == [1, 1, 0]
     # The toy masks are squares of 8 to 12 px at 64 px, i.e. 4 to 6 px at 32 px.
-    assert 16 <= anomalous["mask"].sum() <= 36
-    assert set(anomalous["mask"].unique().tolist()) == {0.0, 1.0}
-    assert normal["mask"].sum() == 0 and normal["mask"].shape == (1, 32, 32)
-    assert anomalous["has_mask"] and normal["has_mask"]
+    assert 16 <= masks[0].sum() <= 36 and masks[2].sum() == 0
+    assert set(masks[0].unique().tolist()) == {0.0, 1.0} and masks.shape == (8, 32, 32)
 
 
 def test_dataset_without_masks(tmp_path):
     _tiny_category(tmp_path, with_masks=False)
     test = load_category(tmp_path, "widget").test
-    items = [ImageDataset(test, 4)[i] for i in range(len(test))]
-    assert [item["has_mask"] for item in items] == [True, False, False]  # normal, 2 anomalous
-    assert all(item["mask"].sum() == 0 for item in items)
-    batch = next(iter(torch.utils.data.DataLoader(ImageDataset(test, 4), batch_size=3)))
-    assert batch["image"].shape == (3, 3, 4, 4) and batch["label"].tolist() == [0, 1, 1]
+    assert [s.label for s in test] == [0, 1, 1] and all(s.mask_path is None for s in test)
+    assert load_masks(test, 4).sum() == 0 and load_images(test, 4).shape == (3, 3, 4, 4)
 
 
 def test_hidden_and_appledouble_files_are_skipped(tmp_path):

@@ -8,14 +8,7 @@ import shutil
 import pytest
 
 from fsad.data.mvtec import load_category
-from fsad.data.support_sets import (
-    OFFICIAL_SEED,
-    load_support_sets,
-    make_support_sets,
-    save_support_sets,
-    support_samples,
-    support_sets_for,
-)
+from fsad.data.support_sets import OFFICIAL_SEED, load_support_sets, make_support_sets, save_support_sets, support_samples, support_sets_for
 
 
 @pytest.fixture

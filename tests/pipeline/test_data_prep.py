@@ -10,11 +10,7 @@ import pytest
 from fsad.data.toy import make_toy_dataset
 from fsad.pipeline import layout
 from fsad.pipeline.data_prep import prepare_data
-from fsad.pipeline.manifest import (
-    prepared_category,
-    prepared_support_sets,
-    training_set,
-)
+from fsad.pipeline.manifest import prepared_category, prepared_support_sets, training_set
 
 
 def manifests(root) -> dict[str, str]:

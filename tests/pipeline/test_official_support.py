@@ -7,11 +7,7 @@ import torch
 
 from fsad.data.loading import as_float, load_images
 from fsad.data.mvtec import load_category
-from fsad.data.official_support import (
-    OFFICIAL_SIZE,
-    import_official_support,
-    official_file,
-)
+from fsad.data.official_support import OFFICIAL_SIZE, import_official_support, official_file
 from fsad.data.support_sets import load_support_sets, save_support_sets
 
 

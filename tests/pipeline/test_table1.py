@@ -7,14 +7,7 @@ import pandas as pd
 import pytest
 
 from fsad.reporting.paper import benchmark_of, paper_numbers
-from fsad.reporting.tables import (
-    flatten_columns,
-    summarize,
-    table1_long,
-    table1_wide,
-    to_latex,
-    to_markdown,
-)
+from fsad.reporting.tables import flatten_columns, summarize, table1_long, table1_wide, to_latex, to_markdown
 
 
 def results_of(categories, shots=(2, 4), n_sets=3, pixel=True) -> pd.DataFrame:

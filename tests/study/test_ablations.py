@@ -3,12 +3,7 @@ import torch
 
 from fsad.config import AblationConfig, RegADConfig
 from fsad.methods.regad.stn import STN_MODES
-from fsad.study.ablations import (
-    ablation_table,
-    ablation_variants,
-    plot_ablations,
-    run_ablations,
-)
+from fsad.study.ablations import ablation_table, ablation_variants, plot_ablations, run_ablations
 
 
 def test_variants_cover_the_paper_ablations():
@@ -58,11 +53,7 @@ def test_ablations_on_toy(toy_root, tmp_path):
 
 def test_shared_support_sets_are_read_not_rewritten(toy_root, tmp_path):
     from fsad.data.mvtec import load_category
-    from fsad.data.support_sets import (
-        load_support_sets,
-        make_support_sets,
-        save_support_sets,
-    )
+    from fsad.data.support_sets import load_support_sets, make_support_sets, save_support_sets
     from fsad.study.ablations import _support_sets
 
     disc = load_category(toy_root, "disc")

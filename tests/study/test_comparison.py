@@ -8,14 +8,7 @@ from fsad.components.backbones import MissingWeightsError, resolve_weights
 from fsad.config import ComparisonConfig, RegADConfig
 from fsad.methods.base import Scores
 from fsad.study import evaluation
-from fsad.study.comparison import (
-    DEFAULT_METHODS,
-    MemoryMonitor,
-    comparison_table,
-    cost_table,
-    run_comparison,
-    run_costs,
-)
+from fsad.study.comparison import DEFAULT_METHODS, MemoryMonitor, comparison_table, cost_table, run_comparison, run_costs
 
 
 def test_memory_monitor_sees_a_torch_allocation():

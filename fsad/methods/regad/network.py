@@ -20,13 +20,7 @@ from torch import nn
 
 from fsad.components.backbones import FeatureExtractor
 from fsad.methods.regad.siamese import Encoder, Predictor, symmetric_loss
-from fsad.methods.regad.stn import (
-    NO_STN,
-    SpatialTransformer,
-    compose_theta,
-    invert_theta,
-    warp,
-)
+from fsad.methods.regad.stn import NO_STN, SpatialTransformer, compose_theta, invert_theta, warp
 
 
 class RegAD(nn.Module):

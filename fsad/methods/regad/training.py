@@ -28,12 +28,7 @@ from fsad.config import RegADConfig, resolve_device
 from fsad.data.loading import as_float, load_images
 from fsad.data.mvtec import Category
 from fsad.io import save_atomic
-from fsad.methods.regad.checkpoint import (
-    build_model,
-    checkpoint_differences,
-    load_checkpoint,
-    training_fingerprints,
-)
+from fsad.methods.regad.checkpoint import build_model, checkpoint_differences, load_checkpoint, training_fingerprints
 from fsad.methods.regad.network import RegAD
 from fsad.seed import epoch_rng, seed_everything
 
@@ -90,6 +85,22 @@ def make_optimizers(model: RegAD, config: RegADConfig):
     optimizers = [torch.optim.SGD(g, lr=config.lr, momentum=config.momentum) for g in groups]
     schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=config.epochs) for o in optimizers]
     return optimizers, schedulers
+
+
+def training_step(model: RegAD, optimizers: Sequence[torch.optim.Optimizer], query: torch.Tensor, support: torch.Tensor) -> float:
+    """One SGD step of the three optimisers on a batch's registration loss; returns the loss.
+
+    Args:
+        query: B x 3 x H x W.
+        support: B x K x 3 x H x W.
+    """
+    loss = model.registration_loss(query, support)
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    loss.backward()
+    for opt in optimizers:
+        opt.step()
+    return loss.item()
 
 
 def train_regad(
@@ -160,13 +171,7 @@ def train_regad(
             pool = images[batch.category]
             query = as_float(pool[batch.queries]).to(device)  # B x 3 x H x W
             support = as_float(pool[batch.supports]).to(device)  # B x K x 3 x H x W
-            loss = model.registration_loss(query, support)
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for opt in optimizers:
-                opt.step()
-            losses.append(loss.item())
+            losses.append(training_step(model, optimizers, query, support))
             seen += len(batch.queries) * (1 + batch.supports.shape[1])
             bar.set_postfix(loss=f"{np.mean(losses):.4f}")
         for sched in schedulers:

@@ -1,11 +1,6 @@
 import torch
 
-from fsad.methods.regad.siamese import (
-    Encoder,
-    Predictor,
-    negative_cosine,
-    symmetric_loss,
-)
+from fsad.methods.regad.siamese import Encoder, Predictor, negative_cosine, symmetric_loss
 
 
 def test_negative_cosine_of_equal_and_opposite_maps():

@@ -2,14 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fsad.methods.regad.stn import (
-    STN_MODES,
-    SpatialTransformer,
-    compose_theta,
-    invert_theta,
-    params_to_theta,
-    warp,
-)
+from fsad.methods.regad.stn import STN_MODES, SpatialTransformer, compose_theta, invert_theta, params_to_theta, warp
 
 # A clearly non-identity transform of each mode: identity parameters plus these offsets.
 OFFSETS = {

@@ -5,13 +5,7 @@ import torch
 from fsad.config import RegADConfig
 from fsad.data.mvtec import load_category
 from fsad.methods.regad.checkpoint import load_checkpoint, load_model
-from fsad.methods.regad.training import (
-    CHECKPOINT_NAME,
-    MODEL_NAME,
-    draw_supports,
-    epoch_batches,
-    train_regad,
-)
+from fsad.methods.regad.training import CHECKPOINT_NAME, MODEL_NAME, draw_supports, epoch_batches, train_regad
 
 TINY = RegADConfig(pretrained=False, image_size=32, epochs=2, batch_size=4, train_shots=(2, 3), lr=0.05, device="cpu")
 
