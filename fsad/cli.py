@@ -176,6 +176,13 @@ def cmd_predict(args) -> None:
     predict_command(args.detector, args.images, args.out, args.masks)
 
 
+def _study_arguments(p: argparse.ArgumentParser) -> None:
+    """What ``run``, ``compare`` and ``ablate`` share: where results go and the dry run."""
+    p.add_argument("--out", help="output folder (default: runs/<config name>)")
+    p.add_argument("--force", action="store_true", help="reuse an output folder made by another config")
+    p.add_argument("--check", action="store_true", help="only validate the config and the data set (seconds), run nothing")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="fsad", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -209,16 +216,12 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("run", help="RegAD: support sets + leave-one-out training + evaluation, printed as a table")
     p.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"))
-    p.add_argument("--out", help="output folder (default: runs/<config name>)")
-    p.add_argument("--force", action="store_true", help="reuse an output folder made by another config")
-    p.add_argument("--check", action="store_true", help="only validate the config and the data set (seconds), run nothing")
+    _study_arguments(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("compare", help="RegAD and its peers on the same support sets: tables, costs, example maps")
     p.add_argument("--config", required=True, help="YAML of fsad.config.ComparisonConfig fields, e.g. configs/compare_fsad_mini.yaml")
-    p.add_argument("--out", help="output folder (default: runs/<config name>)")
-    p.add_argument("--force", action="store_true", help="reuse an output folder made by another config")
-    p.add_argument("--check", action="store_true", help="only validate the config and the data set (seconds), run nothing")
+    _study_arguments(p)
     p.add_argument("--methods", nargs="+", help="only these methods (overrides the config's methods)")
     p.add_argument("--no-costs", action="store_true", help="skip the cost measurement (e.g. runs sharing the machine)")
     p.add_argument("--costs-only", action="store_true", help="only time every method (fresh process each, first category, largest K)")
@@ -228,9 +231,7 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("ablate", help="the RegAD ablations (STN modes, no STN, untrained, no views, K sweep)")
     p.add_argument("--config", required=True, help="YAML of fsad.config.AblationConfig fields, e.g. configs/ablations_fsad_mini.yaml")
-    p.add_argument("--out", help="output folder (default: runs/<config name>)")
-    p.add_argument("--force", action="store_true", help="reuse an output folder made by another config")
-    p.add_argument("--check", action="store_true", help="only validate the config and the data set (seconds), run nothing")
+    _study_arguments(p)
     p.add_argument("--tables-only", action="store_true", help="do not run: write the tables of --out")
     p.set_defaults(func=cmd_ablate)
 

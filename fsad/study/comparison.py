@@ -242,6 +242,16 @@ def _load_target(config: ComparisonConfig, root: Path, names: list[str], target:
     return category, sets, others, TestSet.load(category, config.regad.image_size)
 
 
+def _folders(config: ComparisonConfig, out_dir: Path, models_dir: Path | None) -> tuple[Path, Path, Path, list[str], Path]:
+    """Output, models, data set root (checked by preflight before any training), its categories, support-set folder."""
+    out_dir = Path(out_dir)
+    root = resolve_dataset(config.dataset)
+    preflight(root, config.categories, config.shots, config.metrics, config.regad.device,
+              training=bool({"regad", "resad"} & set(config.methods)))
+    support_dir = Path(config.support_dir) if config.support_dir else out_dir / "support_sets"
+    return out_dir, Path(models_dir) if models_dir else out_dir / "models", root, list_categories(root), support_dir
+
+
 def run_costs(config: ComparisonConfig, out_dir: Path, models_dir: Path | None = None) -> pd.DataFrame:
     """Only the cost measurement of ``run_comparison``, for every method; writes ``out_dir/costs.csv``.
 
@@ -249,13 +259,7 @@ def run_costs(config: ComparisonConfig, out_dir: Path, models_dir: Path | None =
     accuracy runs. Methods that train are built first (trained where ``models_dir`` or
     ``regad_models`` has no model), so the measured process only loads them.
     """
-    out_dir = Path(out_dir)
-    models_dir = Path(models_dir) if models_dir else out_dir / "models"
-    root = resolve_dataset(config.dataset)
-    preflight(root, config.categories, config.shots, config.metrics, config.regad.device,
-              training=bool({"regad", "resad"} & set(config.methods)))  # before any training
-    names = list_categories(root)
-    support_dir = Path(config.support_dir) if config.support_dir else out_dir / "support_sets"
+    out_dir, models_dir, root, names, support_dir = _folders(config, out_dir, models_dir)
     category, sets, others, test = _load_target(config, root, names, (config.categories or names)[0], support_dir)
     largest = (max(sets), 0)
     support = load_images(support_samples(category, sets[largest[0]][0]), config.regad.image_size)
@@ -283,14 +287,8 @@ def run_comparison(config: ComparisonConfig, out_dir: Path, models_dir: Path | N
     Returns:
         One row per (method, category, K, support set): the metrics, fit and scoring seconds.
     """
-    out_dir = Path(out_dir)
-    models_dir = Path(models_dir) if models_dir else out_dir / "models"
-    root = resolve_dataset(config.dataset)
-    preflight(root, config.categories, config.shots, config.metrics, config.regad.device,
-              training=bool({"regad", "resad"} & set(config.methods)))  # before any training
-    names = list_categories(root)
+    out_dir, models_dir, root, names, support_dir = _folders(config, out_dir, models_dir)
     targets = list(config.categories or names)
-    support_dir = Path(config.support_dir) if config.support_dir else out_dir / "support_sets"
     costs, training = [], []
     examples: dict[str, Any] = {}
     # The figure's example comes from the first target with masks (the costs from the first target).
