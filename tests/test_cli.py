@@ -69,3 +69,18 @@ def test_ctrl_c_exits_130_with_one_line_naming_the_results(data, capsys, monkeyp
     monkeypatch.setattr(training, "train_regad", interrupted)
     code, lines = run(capsys, "train", "--data", "data", "--target", "disc", "--out", "model")
     assert (code, lines) == (130, ["fsad: interrupted; finished results are kept in model"])
+
+
+@pytest.mark.parametrize("command", ["run", "compare", "ablate"])
+def test_check_validates_config_and_data_and_runs_nothing(data, capsys, monkeypatch, command):
+    (data.parent / "study.yaml").write_text("dataset: data\nshots: 2\nn_sets: 1\nregad: {lr: 1e-3, pretrained: false}\n")
+    capsys.readouterr()
+    main([command, "--config", "study.yaml", "--check"])
+    assert "config and data OK" in capsys.readouterr().out
+    assert not (data.parent / "runs").exists() and not (data.parent / "study").exists()
+
+
+def test_check_names_the_category_whose_images_are_too_few(data, capsys):
+    (data.parent / "big.yaml").write_text("dataset: data\nshots: [2, 64]\n")
+    code, err = run(capsys, "run", "--config", "big.yaml", "--check")
+    assert code == 2 and err[0].startswith("fsad: error:") and "'disc' has 12 images" in "\n".join(err)

@@ -37,6 +37,8 @@ IMAGE_METRICS = ("image_auroc", "f1_max")
 class TestSet:
     """A category's test images, labels, masks and their file names relative to the category."""
 
+    __test__ = False  # a data class, not a pytest test class
+
     images: torch.Tensor  # N x 3 x S x S uint8
     labels: np.ndarray  # N
     masks: torch.Tensor  # N x S x S
