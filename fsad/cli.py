@@ -262,7 +262,9 @@ def main(argv: list[str] | None = None) -> None:
     add_notebook_parser(sub)
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    # Without -v only warnings show, as one plain line each ("fsad: warning: ..."); -v adds times and modules.
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s" if args.verbose else "fsad: warning: %(message)s")
     try:
         args.func(args)
     except KeyboardInterrupt:

@@ -54,6 +54,8 @@ def claim(out_dir: Path, config_path: Path, settings: dict[str, Any], command: s
         ValueError: ``out_dir`` holds the results of another config or study.
     """
     out_dir, config_path = Path(out_dir), Path(config_path).resolve()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"the output folder {out_dir} is a file; pass --out with a folder name")
     record = out_dir / RECORD
     new = {"command": command, "config": str(config_path), "settings": settings}
     changed: list[str] = []

@@ -29,3 +29,9 @@ def test_another_study_in_the_same_folder_is_refused(tmp_path):
     claim(out, config, {"shots": [2]}, "run")
     with pytest.raises(ValueError, match="fsad run"):
         claim(out, config, {"shots": [2]}, "compare")
+
+
+def test_an_output_path_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ValueError, match="afile is a file; pass --out with a folder name"):
+        claim(tmp_path / "afile", tmp_path / "x.yaml", {}, "run")
