@@ -3,8 +3,8 @@
 Follows the official RegAD evaluation (https://arxiv.org/abs/2207.07361):
 bilinear upsampling of the Mahalanobis distances to the image size, a Gaussian
 blur with sigma = 4 (``scipy.ndimage.gaussian_filter`` there), and the image
-score is the map's maximum. The blur here runs in torch (kornia) on any device
-and reproduces scipy's output, borders included.
+score is the map's maximum. The blur here runs in torch on any device, as one
+matrix product per axis, and reproduces scipy's output, borders included.
 
 Example:
     >>> distances = torch.rand(2, 56, 56)  # B x h x w
@@ -15,7 +15,8 @@ Example:
 
 from __future__ import annotations
 
-import kornia
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -29,6 +30,29 @@ def _scipy_reflect_index(size: int, radius: int, device: torch.device) -> torch.
     """
     index = torch.arange(-radius, size + radius, device=device) % (2 * size)
     return torch.where(index >= size, 2 * size - 1 - index, index)
+
+
+@functools.lru_cache(maxsize=16)
+def _blur_operator(size: int, sigma: float) -> torch.Tensor:
+    """The 1-D Gaussian blur of a length-``size`` axis, scipy's reflected borders included, as a matrix.
+
+    Row i holds the weights that output sample i takes from every input sample:
+    ``blurred = B @ x`` equals ``scipy.ndimage.gaussian_filter1d(x, sigma)`` (truncate=4).
+    Two such products blur a map: one matmul per axis is far faster than a 33-tap
+    convolution on the CPU.
+
+    Returns:
+        size x size float64 matrix B.
+    """
+    radius = int(4 * sigma + 0.5)
+    taps = torch.arange(-radius, radius + 1, dtype=torch.float64)  # 2r + 1
+    weights = torch.exp(-0.5 * (taps / sigma) ** 2)
+    weights /= weights.sum()  # 2r + 1, scipy's normalised kernel
+    padded = _scipy_reflect_index(size, radius, torch.device("cpu"))  # size + 2r
+    sources = padded[torch.arange(size)[:, None] + torch.arange(2 * radius + 1)]  # size x (2r + 1)
+    operator = torch.zeros(size, size, dtype=torch.float64)
+    operator.scatter_add_(1, sources, weights.expand(size, -1))  # a source may recur near a border
+    return operator
 
 
 def anomaly_map(
@@ -63,19 +87,12 @@ def anomaly_map(
     dtype = torch.promote_types(distances.dtype, torch.float32)
     maps = F.interpolate(
         distances.unsqueeze(1).to(dtype), size=(height, width), mode="bilinear", align_corners=False
-    )  # B x 1 x H x W
+    ).squeeze(1)  # B x H x W
     if sigma > 0:
-        radius = int(4 * sigma + 0.5)
-        rows = _scipy_reflect_index(height, radius, maps.device)
-        cols = _scipy_reflect_index(width, radius, maps.device)
-        padded = maps[:, :, rows][:, :, :, cols]  # B x 1 x (H + 2r) x (W + 2r)
-        blurred = kornia.filters.gaussian_blur2d(
-            padded, (2 * radius + 1, 2 * radius + 1), (sigma, sigma)
-        )  # B x 1 x (H + 2r) x (W + 2r)
-        # The crop keeps only pixels whose kernel lies inside our own padding, so
-        # kornia's border mode never matters.
-        maps = blurred[:, :, radius : radius + height, radius : radius + width]  # B x 1 x H x W
-    return maps.squeeze(1)  # B x H x W
+        rows = _blur_operator(height, float(sigma)).to(device=maps.device, dtype=dtype)  # H x H
+        cols = _blur_operator(width, float(sigma)).to(device=maps.device, dtype=dtype)  # W x W
+        maps = rows @ maps @ cols.T  # B x H x W
+    return maps
 
 
 def image_scores(maps: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ import torch
 from fsad.components.anomaly_map import anomaly_map, image_scores
 from fsad.components.backbones import FeatureExtractor
 from fsad.components.gaussian import Gaussian, fit_gaussian, mahalanobis
-from fsad.components.views import support_views
+from fsad.components.views import SupportViewFeatures
 from fsad.methods.base import (
     Detector,
     Embedding,
@@ -35,7 +35,6 @@ from fsad.methods.base import (
     gaussian_from_state,
     gaussian_state,
     module_state,
-    to_float,
 )
 
 
@@ -75,6 +74,7 @@ class PaDiM(Detector):
         self.min_support = 1 if augment_support else 2
         self.image_size, self.augment_support, self.eps, self.sigma, self.device = image_size, augment_support, eps, sigma, device
         self.gaussian: Gaussian | None = None
+        self.views = SupportViewFeatures()  # support images recur across sets: view features computed once
 
     def _features(self, x: torch.Tensor) -> tuple[torch.Tensor]:
         return (concat_stages(self.backbone(x))[:, self.channels.to(x.device)],)  # B x d x h x w
@@ -84,12 +84,13 @@ class PaDiM(Detector):
         return batched(self._features, images, self.device)
 
     def fit(self, support: torch.Tensor) -> None:
-        x = to_float(support)  # K x 3 x S x S
         if self.augment_support:
-            x = support_views(x).flatten(0, 1)  # 22K x 3 x S x S
-        if len(x) < 2:
+            features = self.views(support, self.backbone, lambda views: self.embed(views)[0],
+                                  settings=(self.device, tuple(self.channels.tolist())))  # 22K x d x h x w
+        elif len(support) < 2:
             raise ValueError("fsad/methods/padim.py: a covariance needs >= 2 support features; use K >= 2 or augment_support=True")
-        (features,) = self.embed(x)
+        else:
+            (features,) = self.embed(support)  # K x d x h x w
         self.gaussian = fit_gaussian(features.to(self.device), eps=self.eps)
 
     def architecture(self) -> dict[str, Any]:

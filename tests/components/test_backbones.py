@@ -179,3 +179,46 @@ def test_normalize_true_applies_the_backbone_statistics_and_false_is_identity(na
     with torch.no_grad():
         assert not torch.allclose(on(images)[0], off(images)[0])
         torch.testing.assert_close(on(images)[0], off(on.normalize(images))[0])
+
+
+def _with_random_batch_norm_statistics(module: torch.nn.Module) -> None:
+    """Batch norms far from the identity, so folding them is really tested."""
+    generator = torch.Generator().manual_seed(3)
+    for bn in module.modules():
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            bn.running_mean.copy_(torch.randn(bn.num_features, generator=generator) * 0.1)
+            bn.running_var.copy_(torch.rand(bn.num_features, generator=generator) + 0.5)
+            bn.weight.data.copy_(torch.rand(bn.num_features, generator=generator) + 0.5)
+            bn.bias.data.copy_(torch.randn(bn.num_features, generator=generator) * 0.1)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "resnet18"])
+def test_folded_batch_norms_give_the_same_stage_outputs(name):
+    from fsad.components.backbones import fold_batch_norms
+
+    torch.manual_seed(0)
+    net = build_backbone(name, pretrained=False).eval()
+    _with_random_batch_norm_statistics(net)
+    x = net.normalize(torch.rand(2, 3, 64, 64))
+    for stage in net.stages:
+        folded = fold_batch_norms(stage)
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+        assert any(isinstance(m, torch.nn.BatchNorm2d) for m in stage.modules())  # the original keeps them
+        with torch.no_grad():
+            expected, got = stage(x), folded(x)
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+        x = expected
+
+
+def test_module_snapshot_sees_in_place_updates_and_replaced_tensors():
+    from fsad.components.backbones import ModuleSnapshot
+
+    layer = torch.nn.Linear(2, 2)
+    before = ModuleSnapshot(layer)
+    assert ModuleSnapshot(layer) == before
+    with torch.no_grad():
+        layer.weight.mul_(2)
+    assert ModuleSnapshot(layer) != before
+    before = ModuleSnapshot(layer)
+    layer.bias = torch.nn.Parameter(torch.zeros(2))
+    assert ModuleSnapshot(layer) != before

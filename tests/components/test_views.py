@@ -50,3 +50,57 @@ def test_translation_by_a_tenth_of_the_half_size():
 def test_non_square_is_refused():
     with pytest.raises(ValueError, match="square"):
         support_views(torch.rand(1, 3, 32, 48))
+
+
+def _counting_extract(calls: list[int]):
+    """A fake extractor: per-view mean colour as 22 x 3 x 1 x 1 'features', counting its calls."""
+    def extract(views: torch.Tensor) -> torch.Tensor:
+        calls.append(len(views))
+        return views.mean(dim=(2, 3), keepdim=True)
+    return extract
+
+
+def test_view_features_are_computed_once_per_image_and_match_a_fresh_computation():
+    from fsad.components.views import SupportViewFeatures
+
+    images = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8)
+    network, calls = torch.nn.Linear(2, 2), []
+    cache = SupportViewFeatures()
+    first = cache(images[:2], network, _counting_extract(calls))
+    again = cache(images[[1, 2]], network, _counting_extract(calls))
+    assert calls == [22, 22, 22]  # image 1 came from the store
+    fresh = support_views(images.float() / 255).mean(dim=(3, 4), keepdim=True)  # 3 x 22 x 3 x 1 x 1
+    assert torch.equal(first, fresh[:2].flatten(0, 1))
+    assert torch.equal(again, fresh[1:].flatten(0, 1))
+
+
+def test_view_features_are_dropped_when_the_network_or_settings_change():
+    from fsad.components.views import SupportViewFeatures
+
+    images = torch.randint(0, 256, (1, 3, 16, 16), dtype=torch.uint8)
+    network, calls = torch.nn.Linear(2, 2), []
+    cache = SupportViewFeatures()
+    extract = _counting_extract(calls)
+    cache(images, network, extract)
+    with torch.no_grad():
+        network.weight.add_(1)  # an in-place update (optimiser step)
+    cache(images, network, extract)
+    network.load_state_dict(torch.nn.Linear(2, 2).state_dict())
+    cache(images, network, extract)
+    network.bias.data = torch.zeros(2)  # a replaced storage
+    cache(images, network, extract)
+    cache(images, torch.nn.Linear(2, 2), extract)  # another network
+    cache(images, network, extract, settings="other")
+    cache(images, network, extract, settings="other")  # unchanged: from the store
+    assert len(calls) == 6
+
+
+def test_view_feature_store_is_bounded():
+    from fsad.components.views import SupportViewFeatures
+
+    images = torch.randint(0, 256, (5, 3, 16, 16), dtype=torch.uint8)
+    per_image = 22 * 3 * 4  # 22 x 3 x 1 x 1 float32
+    calls: list[int] = []
+    cache = SupportViewFeatures(max_bytes=2 * per_image)
+    cache(images, torch.nn.Linear(2, 2), _counting_extract(calls))
+    assert len(cache._store) == 2 and cache._bytes == 2 * per_image

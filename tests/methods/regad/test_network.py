@@ -72,3 +72,22 @@ def test_loss_trains_stn_backbone_and_heads():
     for part in (model.stns[2].regressor[-1].bias, model.predictor[-1].weight, model.encoder[0].weight):
         assert part.grad is not None and part.grad.abs().sum() > 0
     assert next(model.backbone.parameters()).grad is not None
+
+
+def test_folded_network_gives_the_same_registered_features():
+    torch.manual_seed(0)
+    model = RegAD(build_backbone("mobilenet_v2", pretrained=False), (32, 32)).train()
+    for stn in model.stns:  # STNs away from the identity
+        torch.nn.init.normal_(stn.regressor[-1].weight, std=0.01)
+    for bn in model.modules():  # batch norms far from the identity, so folding is really tested
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            bn.running_var.uniform_(0.5, 1.5)
+            bn.running_mean.normal_(0, 0.1)
+            torch.nn.init.uniform_(bn.weight, 0.5, 1.5)
+    folded = model.folded()
+    assert model.training  # the original is untouched
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in [*folded.backbone.modules(), *folded.stns.modules()])
+    images = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        expected, got = model.eval().registered_features(images), folded.registered_features(images)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
