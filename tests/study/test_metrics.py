@@ -121,3 +121,10 @@ def test_mean_std():
     assert mean_std([0.7]) == (0.7, 0.0)
     with pytest.raises(ValueError, match="at least one"):
         mean_std([])
+
+
+def test_auroc_with_many_ties_equals_sklearn():
+    rng = np.random.default_rng(3)
+    labels = rng.random(5000) < 0.2
+    scores = np.round(rng.random(5000) + 0.3 * labels, 1)  # 15 distinct values: ties everywhere
+    assert image_auroc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
