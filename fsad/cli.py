@@ -53,16 +53,6 @@ def cmd_train(args) -> None:
     print(f"model: {Path(args.out) / MODEL_NAME}")
 
 
-def _yaml_mapping(path: str) -> dict:
-    """The top-level mapping of a YAML config file (the schema validates it next)."""
-    import yaml
-
-    values = yaml.safe_load(Path(path).read_text()) or {}
-    if not isinstance(values, dict):
-        raise ValueError(f"{path}: a config is a YAML mapping of settings, found a {type(values).__name__}")
-    return values
-
-
 def _results_folder(args) -> Path | None:
     """The output folder of a command: ``--out``, else ``runs/<config name>`` for a config-driven one."""
     if getattr(args, "out", None):
@@ -126,15 +116,15 @@ def cmd_run(args) -> None:
 
 
 def cmd_compare(args) -> None:
-    from fsad.config import ComparisonConfig
+    from fsad.config import ComparisonConfig, read_yaml
     from fsad.reporting.tables import to_markdown
     from fsad.study.comparison import cost_table, run_comparison, run_costs, write_report
 
-    values = _yaml_mapping(args.config)
-    if args.methods:  # one run per group of methods, side by side (docs/baselines.md)
-        values["methods"] = args.methods
-    if args.no_costs:
-        values["measure_costs"] = False
+    values = read_yaml(args.config)
+    overrides = {**({"methods": args.methods} if args.methods else {}),  # one run per group of methods (docs/baselines.md)
+                 **({"measure_costs": False} if args.no_costs else {})}
+    if overrides and isinstance(values, dict):  # anything else is refused by from_dict, naming the file
+        values = {**values, **overrides}
     config = ComparisonConfig.from_dict(values, source=args.config)
     if _checked(args, config, training=bool({"regad", "resad"} & set(config.methods))):
         return

@@ -30,11 +30,10 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-import yaml
 from PIL import Image
 from tqdm.auto import tqdm
 
-from fsad.config import RegADConfig
+from fsad.config import RegADConfig, read_yaml
 from fsad.data.fingerprint import fingerprint
 from fsad.data.mvtec import IMAGE_SUFFIXES, read_image, resize_image
 from fsad.io import atomic_dir, atomic_path, write_csv_atomic
@@ -96,9 +95,7 @@ def read_settings(path: str | Path | None) -> tuple[RegADConfig, dict[str, Any]]
     if path is None:
         return RegADConfig(), {}
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"fsad/product.py: config file {path} does not exist; fix --config")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = read_yaml(path) or {}
     if not isinstance(data, dict):
         # ValueError, not TypeError: the CLI reports ValueErrors as one-line user errors.
         raise ValueError(f"fsad/product.py: {path} must hold a mapping (a regad: section or RegAD settings)")  # noqa: TRY004

@@ -84,3 +84,9 @@ def test_check_names_the_category_whose_images_are_too_few(data, capsys):
     (data.parent / "big.yaml").write_text("dataset: data\nshots: [2, 64]\n")
     code, err = run(capsys, "run", "--config", "big.yaml", "--check")
     assert code == 2 and err[0].startswith("fsad: error:") and "'disc' has 12 images" in "\n".join(err)
+
+
+def test_compare_with_a_malformed_config_is_one_line_naming_the_file(data, capsys):
+    (data.parent / "bad.yaml").write_text("dataset: data\nshots: [2, 4\n")
+    code, err = run(capsys, "compare", "--config", "bad.yaml", "--methods", "padim", "--check")
+    assert code == 2 and err == ["fsad: error: bad.yaml: not valid YAML (line 3): expected ',' or ']', but got '<stream end>'"]

@@ -198,3 +198,9 @@ def test_reader_scales_48_bit_colour_png(tmp_path):
     image = read_image(png16_rgb(tmp_path / "deep.png", pixels), None)
     assert image.shape == (3, 3, 4)
     assert torch.allclose(image[:, 1, 1], torch.tensor([1.0, 128 / 255, 0.0]))
+
+
+def test_a_malformed_config_is_one_line_naming_the_file(product, capsys):
+    bad = product["tmp"] / "bad.yaml"
+    bad.write_text("regad:\n  image_size: [32\n")
+    assert "bad.yaml: not valid YAML (line 3)" in fails(capsys, "fit", product["good"], "--config", bad, "--out", product["tmp"] / "d")
