@@ -33,7 +33,6 @@ from pathlib import Path
 import pandas as pd
 
 from fsad.config import AblationConfig
-from fsad.data.mvtec import list_categories, load_category
 from fsad.data.support_sets import support_sets_for
 from fsad.io import save_figure_atomic, write_csv_atomic, write_text_atomic
 from fsad.methods.regad.checkpoint import untrained_regad
@@ -87,7 +86,8 @@ def _model(variant: Variant, config: AblationConfig, target: str, others, models
     settings = config.regad.replace(stn_mode=variant.stn_mode, freeze_backbone_bn=variant.freeze_backbone_bn)
     if not variant.trained:
         return untrained_regad(settings)
-    reuse = Path(config.regad_models) / target / MODEL_NAME if config.regad_models else None
+    # regad_models holds the default variant's models only: other variants would just be refused there
+    reuse = Path(config.regad_models) / target / MODEL_NAME if config.regad_models and settings == config.regad else None
     folder = models_dir / (variant.stn_mode + ("-frozen_bn" if variant.freeze_backbone_bn else "")) / target
     return leave_one_out_regad(others, settings, folder, reuse, progress)[0]
 
@@ -118,16 +118,15 @@ def run_ablations(config: AblationConfig, out_dir: Path, models_dir: Path | None
     """
     out_dir = Path(out_dir)
     models_dir = Path(models_dir) if models_dir else out_dir / "models"
-    root = resolve_dataset(config.dataset)
-    preflight(root, config.categories, config.shots, config.metrics, config.regad.device)  # before any training
-    names = list_categories(root)
+    # Before any training; it loads every category, which the run then uses.
+    checked = preflight(resolve_dataset(config.dataset), config.categories, config.shots, config.metrics, config.regad.device)
     size = config.regad.image_size
     variants = ablation_variants(config)
     data = {}
-    for target in config.categories or names:
-        category = load_category(root, target)
+    for target in checked.targets:
+        category = checked.categories[target]
         shots = sorted(k for k in {*config.shots, *config.k_sweep} if k <= len(category.train))
-        others = [load_category(root, c) for c in names if c != target]
+        others = [c for name, c in checked.categories.items() if name != target]
         data[target] = category, _support_sets(category, config, shots, out_dir), others, TestSet.load(category, size)
     models: dict[tuple, RegAD] = {}
     rows = []

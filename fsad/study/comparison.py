@@ -1,6 +1,6 @@
 """RegAD and its peers side by side, under one harness.
 
-Every method (``METHODS``) sees the same data reader, the same support sets (the JSON
+Every method (``fsad.methods.registry.DETECTORS``) sees the same data reader, the same support sets (the JSON
 files of ``fsad.data.support_sets.support_sets_for``), the same backbone and image size, and
 is scored with the same metrics. Methods that learn from other categories (RegAD, ResAD)
 train leave-one-category-out; RegAD-L trains on each support set's K images only.
@@ -44,7 +44,7 @@ import torch
 
 from fsad.config import ComparisonConfig, resolve_device
 from fsad.data.loading import load_images
-from fsad.data.mvtec import Category, list_categories, load_category
+from fsad.data.mvtec import Category
 from fsad.data.support_sets import support_samples, support_sets_for
 from fsad.io import save_atomic, save_figure_atomic, write_csv_atomic, write_text_atomic
 from fsad.methods import Detector, ResAD
@@ -54,7 +54,7 @@ from fsad.reporting.tables import pivot_text, summarize, to_markdown
 from fsad.study.evaluation import TestSet, evaluate_detector
 from fsad.study.experiment import resolve_dataset
 from fsad.study.models import leave_one_out_regad
-from fsad.study.preflight import preflight
+from fsad.study.preflight import Checked, preflight
 from fsad.study.targets import for_each_target
 
 log = logging.getLogger(__name__)
@@ -232,24 +232,27 @@ def _cost_row(ctx: Context, name: str, shots: tuple[int, int], support: torch.Te
             "device": ctx.device, "threads": torch.get_num_threads(), **measure_cost(ctx, name, support, images)}
 
 
-def _load_target(config: ComparisonConfig, root: Path, names: list[str], target: str, support_dir: Path):
-    """The target category, its support sets (made once, then read from ``support_dir``), the training categories and the test set."""
-    category = load_category(root, target)
+def _load_target(config: ComparisonConfig, checked: Checked, target: str, support_dir: Path):
+    """The target category, its support sets (made once, then read from ``support_dir``), the training categories and the test set.
+
+    The categories are those preflight loaded: all of them when a method trains (then the
+    others are its training categories), else only the targets (no method reads the others).
+    """
+    category = checked.categories[target]
     # A given support_dir is another run's or the pipeline's: only read.
     sets = support_sets_for(category, config.shots, config.n_sets, config.support_seed, support_dir,
                             read_only=config.support_dir is not None)
-    others = [load_category(root, c) for c in names if c != target]
+    others = [c for name, c in checked.categories.items() if name != target]
     return category, sets, others, TestSet.load(category, config.regad.image_size)
 
 
-def _folders(config: ComparisonConfig, out_dir: Path, models_dir: Path | None) -> tuple[Path, Path, Path, list[str], Path]:
-    """Output, models, data set root (checked by preflight before any training), its categories, support-set folder."""
+def _folders(config: ComparisonConfig, out_dir: Path, models_dir: Path | None) -> tuple[Path, Path, Checked, Path]:
+    """Output folder, models folder, the checked data set (preflight, before any training), support-set folder."""
     out_dir = Path(out_dir)
-    root = resolve_dataset(config.dataset)
-    preflight(root, config.categories, config.shots, config.metrics, config.regad.device,
-              training=bool({"regad", "resad"} & set(config.methods)))
+    checked = preflight(resolve_dataset(config.dataset), config.categories, config.shots, config.metrics, config.regad.device,
+                        training=bool({"regad", "resad"} & set(config.methods)))
     support_dir = Path(config.support_dir) if config.support_dir else out_dir / "support_sets"
-    return out_dir, Path(models_dir) if models_dir else out_dir / "models", root, list_categories(root), support_dir
+    return out_dir, Path(models_dir) if models_dir else out_dir / "models", checked, support_dir
 
 
 def run_costs(config: ComparisonConfig, out_dir: Path, models_dir: Path | None = None) -> pd.DataFrame:
@@ -259,8 +262,8 @@ def run_costs(config: ComparisonConfig, out_dir: Path, models_dir: Path | None =
     accuracy runs. Methods that train are built first (trained where ``models_dir`` or
     ``regad_models`` has no model), so the measured process only loads them.
     """
-    out_dir, models_dir, root, names, support_dir = _folders(config, out_dir, models_dir)
-    category, sets, others, test = _load_target(config, root, names, (config.categories or names)[0], support_dir)
+    out_dir, models_dir, checked, support_dir = _folders(config, out_dir, models_dir)
+    category, sets, others, test = _load_target(config, checked, checked.targets[0], support_dir)
     largest = (max(sets), 0)
     support = load_images(support_samples(category, sets[largest[0]][0]), config.regad.image_size)
     rows = []
@@ -287,21 +290,24 @@ def run_comparison(config: ComparisonConfig, out_dir: Path, models_dir: Path | N
     Returns:
         One row per (method, category, K, support set): the metrics, fit and scoring seconds.
     """
-    out_dir, models_dir, root, names, support_dir = _folders(config, out_dir, models_dir)
-    targets = list(config.categories or names)
+    out_dir, models_dir, checked, support_dir = _folders(config, out_dir, models_dir)
+    targets = checked.targets
     costs, training = [], []
     examples: dict[str, Any] = {}
     # The figure's example comes from the first target with masks (the costs from the first target).
-    shown = next((t for t in targets if load_category(root, t).has_masks), targets[0])
+    shown = next((t for t in targets if checked.categories[t].has_masks), targets[0])
 
     def score(target: str) -> list[dict]:
         nonlocal examples
-        category, sets, others, test = _load_target(config, root, names, target, support_dir)
+        category, sets, others, test = _load_target(config, checked, target, support_dir)
         largest = (max(sets), 0)
         example = _example_index(test)
         if target == shown:
             examples = {"category": target, "shots": largest[0], "image": test.images[example], "mask": test.masks[example], "maps": {}}
         rows = []
+        timed = target == targets[0] and config.measure_costs
+        # the costs time every method on the same support set: its images are read once
+        cost_support = load_images(support_samples(category, sets[largest[0]][0]), config.regad.image_size) if timed else None
         for name in config.methods:
             ctx = Context(config, category, others, models_dir, progress)
             tic = time.perf_counter()
@@ -312,9 +318,8 @@ def run_comparison(config: ComparisonConfig, out_dir: Path, models_dir: Path | N
             rows += run.rows
             if largest in run.kept:
                 examples["maps"][name] = run.kept[largest].maps[example]
-            if target == targets[0] and config.measure_costs:
-                support = load_images(support_samples(category, sets[largest[0]][0]), config.regad.image_size)
-                costs.append(_cost_row(Context(config, category, others, models_dir, False), name, largest, support, test.images))
+            if timed:
+                costs.append(_cost_row(Context(config, category, others, models_dir, False), name, largest, cost_support, test.images))
             log.info("%s %s done", target, name)
         return rows
 

@@ -21,7 +21,6 @@ import pandas as pd
 
 from fsad.config import ExperimentConfig
 from fsad.data.elpv import build_elpv_dataset
-from fsad.data.mvtec import list_categories, load_category
 from fsad.data.support_sets import support_sets_for
 from fsad.data.toy import make_toy_dataset
 from fsad.io import write_csv_atomic
@@ -73,17 +72,14 @@ def run_experiment(config: ExperimentConfig, out_dir: Path, progress: bool = Tru
         ``regad`` or ``untrained``.
     """
     out_dir = Path(out_dir)
-    root = resolve_dataset(config.dataset)
-    preflight(root, config.categories, config.shots, config.metrics, config.regad.device)  # before any training
-    names = list_categories(root)
+    # Before any training; it loads every category, which the run then uses.
+    checked = preflight(resolve_dataset(config.dataset), config.categories, config.shots, config.metrics, config.regad.device)
     timings: list[dict] = []
 
     def score(target: str) -> list[dict]:
-        category = load_category(root, target)
+        category = checked.categories[target]
         sets = support_sets_for(category, config.shots, config.n_sets, config.support_seed, out_dir / "support_sets")
-        train_categories = [load_category(root, c) for c in names if c != target]
-        if not train_categories:
-            raise ValueError(f"{root} has only {target!r}: leave-one-out training needs at least two categories")
+        train_categories = [c for name, c in checked.categories.items() if name != target]  # never empty: preflight
         test = TestSet.load(category, config.regad.image_size)
         # One model per held-out category (serving every K), or one per (category, K).
         runs = [(k, config.regad.replace(train_shots=(k,)), f"K{k}") for k in config.shots] if config.model_per_shot else [(None, config.regad, "")]
@@ -111,7 +107,7 @@ def run_experiment(config: ExperimentConfig, out_dir: Path, progress: bool = Tru
         write_csv_atomic(out_dir / "results.csv", pd.DataFrame(rows))
         write_csv_atomic(out_dir / "timings.csv", pd.DataFrame(timings))
 
-    return pd.DataFrame(for_each_target(list(config.categories or names), score, save))
+    return pd.DataFrame(for_each_target(checked.targets, score, save))
 
 
 __all__ = ["resolve_dataset", "run_experiment"]
