@@ -99,6 +99,11 @@ class Detector(ABC):
             ValueError: ``state`` was saved by another method or architecture.
         """
 
+    def check_support(self, support: torch.Tensor, why: str) -> None:
+        """Refuse fewer than ``min_support`` support images, saying ``why`` the method needs them."""
+        if len(support) < self.min_support:
+            raise ValueError(f"fsad/methods: {self.name} needs K >= {self.min_support} support images, got {len(support)}: {why}")
+
     def architecture(self) -> dict[str, Any]:
         """What a state must match to load into this detector (the ``method`` aside)."""
         return {}

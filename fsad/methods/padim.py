@@ -84,11 +84,10 @@ class PaDiM(Detector):
         return batched(self._features, images, self.device)
 
     def fit(self, support: torch.Tensor) -> None:
+        self.check_support(support, "a covariance needs two support features; use padim_views (augment_support) for K = 1")
         if self.augment_support:
             features = self.views(support, self.backbone, lambda views: self.embed(views)[0],
                                   settings=(self.device, tuple(self.channels.tolist())))  # 22K x d x h x w
-        elif len(support) < 2:
-            raise ValueError("fsad/methods/padim.py: a covariance needs >= 2 support features; use K >= 2 or augment_support=True")
         else:
             (features,) = self.embed(support)  # K x d x h x w
         self.gaussian = fit_gaussian(features.to(self.device), eps=self.eps)

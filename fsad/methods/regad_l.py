@@ -45,9 +45,8 @@ class RegADL(RegADMethod):
         self.min_support = 2  # training pairs a query with another support image
 
     def _train(self, support: torch.Tensor) -> None:
+        self.check_support(support, "training pairs a query with another support image")
         k = len(support)
-        if k < 2:
-            raise ValueError("fsad/methods/regad_l.py: training pairs need K >= 2 support images")
         config = self.config.replace(epochs=self.epochs, batch_size=k, train_shots=(self.pair_shots,), batches_per_epoch=None)
         seed_everything(config.seed)
         model = build_model(config).to(self.device)

@@ -110,8 +110,7 @@ class RegADMethod(Detector):
         return (extract_features(self.inference_network(), images, self.device),)
 
     def fit(self, support: torch.Tensor) -> None:
-        if not self.config.augment_support and len(support) < 2:
-            raise ValueError("fsad/methods/regad/detector.py: without support views a covariance needs K >= 2")
+        self.check_support(support, "without the 22 support views a covariance needs two images")
         self.gaussian = fit_support(self.inference_network(), support, self.config, self.device, self.views)
 
     def architecture(self) -> dict[str, Any]:

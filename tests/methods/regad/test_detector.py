@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fsad.components.backbones import build_backbone
@@ -64,3 +65,12 @@ def test_channels_last_features_score_like_contiguous_ones():
     assert features.is_contiguous(memory_format=torch.channels_last)
     gaussian = fit_support(model, support, CONFIG, "cpu")
     assert torch.equal(mahalanobis(features, gaussian), mahalanobis(features.contiguous(), gaussian))
+
+
+def test_one_support_image_without_views_is_refused_naming_why():
+    from fsad.methods.regad.checkpoint import build_model
+
+    config = RegADConfig(pretrained=False, image_size=32, device="cpu", augment_support=False)
+    detector = RegADMethod(build_model(config), config, name="no_views")
+    with pytest.raises(ValueError, match="no_views needs K >= 2 support images, got 1: without the 22 support views"):
+        detector.fit(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
