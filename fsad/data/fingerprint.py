@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from fsad.data.mvtec import Category
+from fsad.data.mvtec import Category, nfc
 
 DIGEST_CHARS = 16
 """Hex characters kept (64 bits): collisions are out of reach for data-set sized inputs."""
@@ -53,7 +52,7 @@ def _file_digest(path: Path) -> str:
 def _name(path: Path, root: Path) -> str:
     # NFC: macOS writes decomposed names, Linux keeps what it is given; the same data set
     # must fingerprint the same on both.
-    return unicodedata.normalize("NFC", path.relative_to(root).as_posix())
+    return nfc(path.relative_to(root).as_posix())
 
 
 def fingerprint(paths: Sequence[Path], root: Path | None = None) -> str:
