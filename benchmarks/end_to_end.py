@@ -25,8 +25,8 @@ Each path runs in its own spawned process, so its peak memory (peak RSS, which i
 the interpreter, torch and the loaded images, ~0.3-0.5 GiB) is its own. Also measured: this
 machine's float32 and float64 matmul peak (GFLOP/s, one n x n product), and fsad's fit +
 scoring as a fraction of it, counting the FLOPs of the exact low-rank form where N < C
-(per position: Gram 2 N^2 C, Cholesky N^3 / 3, triangular solve N^2 C at the fit; 2 B N C
-at scoring; N = 22 K support views, B test images; see ``woodbury_gflop``).
+(per position: Gram 2 N^2 C, Cholesky N^3 / 3, triangular inverse N^3 / 3 at the fit;
+B (4 N C + 4 N^2) at scoring; N = 22 K support views, B test images; see ``woodbury_gflop``).
 
 Example:
     .venv/bin/python benchmarks/end_to_end.py              # both sizes, 3 sets x K = 2, 4, 8, 1 thread (~10 min)
@@ -211,15 +211,16 @@ def run_official(root: str, backbone: str, size: int, shots: list[int], sets: in
 def woodbury_gflop(shots: list[int], sets: int, c: int, p: int, b: int) -> float:
     """FLOPs of fit + scoring, summed over K and sets (GFLOP).
 
-    N = 22 K < C: the exact low-rank form (Gram 2 N^2 C, Cholesky N^3 / 3, triangular solve
-    N^2 C; scoring 2 B N C); N >= C: covariance 2 N C^2, Cholesky and triangular inverse
+    N = 22 K < C: the exact low-rank form of ``fsad.components.gaussian`` (Gram 2 N^2 C,
+    Cholesky and triangular inverse 2 N^3 / 3; scoring B (4 N C + 4 N^2): X d, two products
+    with L^-1, d - X^T a); N >= C: covariance 2 N C^2, Cholesky and triangular inverse
     2 C^3 / 3, scoring 2 B C^2.
     """
     total = 0.0
     for k in shots:
         n = 22 * k
         if n < c:
-            per_position = 2 * n * n * c + n**3 / 3 + n * n * c + 2 * b * n * c
+            per_position = 2 * n * n * c + 2 * n**3 / 3 + b * (4 * n * c + 4 * n * n)
         else:
             per_position = 2 * n * c * c + 2 * c**3 / 3 + 2 * b * c * c
         total += sets * p * per_position

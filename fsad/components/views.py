@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
@@ -58,9 +59,22 @@ def support_views(images: torch.Tensor) -> torch.Tensor:
     return torch.stack(views, dim=1)  # B x 22 x 3 x H x W
 
 
-# Bound of the view-feature cache: 1 GiB holds 78 images' 22 views at 128 px MobileNetV2
-# (22 x 152 x 32 x 32 float32 = 13.7 MB each), 8 at 224 px ResNet-18 (124 MB each).
-VIEW_CACHE_BYTES = 2**30
+def _view_cache_bytes() -> int:
+    """Bound of the view-feature cache: a quarter of the machine's memory, at most 4 GiB.
+
+    22 views cost 13.7 MB per image at 128 px MobileNetV2 (22 x 152 x 32 x 32 float32) and
+    124 MB at 224 px ResNet-18 (22 x 448 x 56 x 56): 4 GiB holds 313 and 33 images. With
+    the earlier 1 GiB (8 images at 224 px) the support-view features were 47 of 103 s of
+    benchmarks/end_to_end.py at 224 px: images recurring across sets were evicted first.
+    """
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # no sysconf (Windows): the bound for 8 GiB of memory
+        memory = 8 * 2**30
+    return min(4 * 2**30, memory // 4)
+
+
+VIEW_CACHE_BYTES = _view_cache_bytes()
 
 
 class SupportViewFeatures:

@@ -139,13 +139,16 @@ def backbone_architecture(backbone: FeatureExtractor, image_size: int) -> dict[s
 def gaussian_state(gaussian: Gaussian) -> dict[str, Any]:
     """A per-position Gaussian as a dict of CPU tensors and plain values."""
     return {"mean": gaussian.mean.cpu(), "factor": gaussian.factor.cpu(), "eps": gaussian.eps,
-            "low_rank": gaussian.low_rank, "size": list(gaussian.size)}
+            "low_rank": gaussian.low_rank, "size": list(gaussian.size),
+            "mixing": None if gaussian.mixing is None else gaussian.mixing.cpu()}
 
 
 def gaussian_from_state(state: dict[str, Any], device: str) -> Gaussian:
     """The ``Gaussian`` of ``gaussian_state``, on ``device``."""
+    mixing = state["mixing"]
     return Gaussian(mean=state["mean"].to(device), factor=state["factor"].to(device), eps=state["eps"],
-                    low_rank=state["low_rank"], size=tuple(state["size"]))
+                    low_rank=state["low_rank"], size=tuple(state["size"]),
+                    mixing=None if mixing is None else mixing.to(device))
 
 
 @torch.no_grad()

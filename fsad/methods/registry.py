@@ -63,7 +63,7 @@ from fsad.methods.spade import SPADE
 DETECTOR_FILE = "detector.pt"
 RECORD_FILE = "detector.json"
 FORMAT = "fsad-detector"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the low-rank Gaussian stores its centred samples and L^-1 apart (fsad.components.gaussian)
 
 
 def _backbone(regad: RegADConfig):

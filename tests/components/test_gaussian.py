@@ -127,3 +127,27 @@ def test_low_rank_form_equals_full_form():
     assert low.low_rank and not full.low_rank
     torch.testing.assert_close(full.precision, low.precision, rtol=1e-8, atol=1e-8)
     torch.testing.assert_close(mahalanobis(test, full), mahalanobis(test, low), rtol=1e-8, atol=1e-8)
+
+
+def test_float32_low_rank_scoring_matches_float64_near_the_support_span():
+    # Support in an 8-dimensional subspace of C = 152 plus small noise, test points near it:
+    # |d|^2 / eps is ~1e3 x the squared distance, so computing eps d^2 as |d|^2 - |L^-1 X d|^2
+    # in float32 loses ~3 digits; the ridge-regression form must keep 1e-4 relative.
+    generator = torch.Generator().manual_seed(0)
+    n, c = 44, 152
+    basis = 3 * torch.randn(8, c, generator=generator, dtype=torch.float64)
+    coefficients = torch.randn(n + 6, 8, 4, 4, generator=generator, dtype=torch.float64)
+    features = torch.einsum("nkhw,kc->nchw", coefficients, basis)
+    features = features + 0.1 * torch.randn(features.shape, generator=generator, dtype=torch.float64)
+    support, test = features[:n], features[n:]  # N x C x 4 x 4, 6 x C x 4 x 4
+    reference = mahalanobis(test, fit_gaussian(support))  # float64 throughout
+    gaussian = fit_gaussian(support.float())
+    assert gaussian.low_rank
+    got = mahalanobis(test.float(), gaussian)
+    assert got.dtype == torch.float32
+    assert ((got.double() - reference).abs() / reference).max() < 1e-4
+    # The subtraction form on the same float32 numbers misses: the fixture is a hard one.
+    delta = test.float().flatten(2).permute(2, 0, 1) - gaussian.mean.unsqueeze(1)  # P x 6 x C
+    whitened = delta @ (gaussian.mixing @ gaussian.factor).transpose(1, 2)  # P x 6 x N
+    subtraction = ((delta.square().sum(-1) - whitened.square().sum(-1)) / gaussian.eps).clamp_min(0).sqrt()
+    assert ((subtraction.T.reshape(6, 4, 4).double() - reference).abs() / reference).max() > 1e-3

@@ -54,7 +54,7 @@ def test_no_stale_view_features_after_the_network_changes():
             p.mul_(1.5)
     detector.model.load_state_dict(other.state_dict())  # e.g. load_state of another checkpoint
     detector.fit(support)
-    fresh = fit_support(other.folded(), support, CONFIG, "cpu")
+    fresh = fit_support(RegADMethod(other, CONFIG).inference_network(), support, CONFIG, "cpu")
     assert not torch.equal(detector.gaussian.mean, stale)
     assert torch.equal(detector.gaussian.mean, fresh.mean)
 
@@ -74,3 +74,12 @@ def test_one_support_image_without_views_is_refused_naming_why():
     detector = RegADMethod(build_model(config), config, name="no_views")
     with pytest.raises(ValueError, match="no_views needs K >= 2 support images, got 1: without the 22 support views"):
         detector.fit(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+
+
+def test_inference_network_is_channels_last_and_embeds_like_the_plain_network():
+    model, images = _model(), _support(4)
+    detector = RegADMethod(model, CONFIG)
+    network = detector.inference_network()  # folded batch norms, channels-last weights
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in network.parameters() if p.dim() == 4)
+    expected = model.registered_features(images.float() / 255)  # the unfolded network, contiguous input
+    torch.testing.assert_close(detector.embed(images)[0], expected, rtol=1e-4, atol=1e-5)
