@@ -231,7 +231,8 @@ def main(argv: list[str] | None = None) -> None:
                        description=f"Fit a detector on K good images (K = the images found) and save it.\n\n{THRESHOLD_RULE}",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", help="good images: files or folders (searched recursively)")
-    p.add_argument("--method", help="regad, untrained, spade, padim, padim_views (default), patchcore, resad, regad_l")
+    p.add_argument("--method", help="regad, untrained, spade, padim, padim_views (default), patchcore, resad, regad_l, "
+                   "fastrecon, anomalydino, anomalydino_dinov2 (fsad.methods.registry.DETECTORS)")
     p.add_argument("--model", help="trained model file (regad: regad.pt of fsad train; resad: its saved head)")
     p.add_argument("--config", help="YAML: a regad: section (backbone, image_size, eps, blur_sigma, device, ...) "
                    "and an options: section of method options, or RegAD settings alone")

@@ -24,6 +24,14 @@ name                    built as                                       ``options
                         ``model_path`` (``ResAD.save``),
                         ``sigma = blur_sigma``
 ``regad_l``             ``RegADL`` (trains on the support set in fit)  epochs, pair_shots
+``fastrecon``           ``FastRecon``, ``sigma = blur_sigma``          coreset_ratio,
+                                                                       regularization, seed
+``anomalydino``         ``AnomalyDINO`` on the CNN ``backbone``,       rotation, masking,
+                        ``sigma = blur_sigma``                         mask_threshold
+``anomalydino_dinov2``  ``AnomalyDINO`` on DINOv2 ViT-S/14             rotation, masking,
+                        (``fsad.components.dinov2``; ``pretrained``    mask_threshold,
+                        loads ``dinov2_vits14_pretrain.pth``),         resolution
+                        ``resolution = 448``
 ======================  =============================================  ======================
 
 A detector folder holds ``detector.pt`` (the method, its settings and ``Detector.state()``:
@@ -49,9 +57,12 @@ import torch
 
 import fsad
 from fsad.components.backbones import build_backbone
+from fsad.components.dinov2 import DinoV2Features
 from fsad.config import RegADConfig, resolve_device
 from fsad.io import atomic_dir, save_atomic, write_json_atomic
+from fsad.methods.anomalydino import AnomalyDINO
 from fsad.methods.base import Detector
+from fsad.methods.fastrecon import FastRecon
 from fsad.methods.padim import PaDiM
 from fsad.methods.patchcore import PatchCore
 from fsad.methods.regad.checkpoint import build_model, load_model, untrained_regad
@@ -88,6 +99,13 @@ def _padim(views: bool) -> Callable[[RegADConfig, dict[str, Any], Path | None], 
                                            sigma=regad.blur_sigma, device=resolve_device(regad.device), **options)
 
 
+def _anomalydino_dinov2(regad: RegADConfig, options: dict[str, Any], _: Path | None) -> Detector:
+    # The paper's backbone and input size (shorter side 448); regad.backbone is not used.
+    options = {"resolution": 448, **options}
+    return AnomalyDINO(DinoV2Features(pretrained=regad.pretrained), regad.image_size, sigma=regad.blur_sigma,
+                       device=resolve_device(regad.device), **options)
+
+
 @dataclass(frozen=True)
 class Entry:
     """How to build one method.
@@ -116,6 +134,13 @@ DETECTORS: dict[str, Entry] = {
                        ("coreset_ratio", "projection_dim", "neighbours", "seed")),
     "resad": Entry(_resad, model_file="a ResAD head trained on other categories (ResAD.save)"),
     "regad_l": Entry(lambda regad, options, _: RegADL(regad, **options), ("epochs", "pair_shots")),
+    "fastrecon": Entry(lambda regad, options, _: FastRecon(_backbone(regad), regad.image_size, sigma=regad.blur_sigma,
+                                                           device=resolve_device(regad.device), **options),
+                       ("coreset_ratio", "regularization", "seed")),
+    "anomalydino": Entry(lambda regad, options, _: AnomalyDINO(_backbone(regad), regad.image_size, sigma=regad.blur_sigma,
+                                                               device=resolve_device(regad.device), **options),
+                         ("rotation", "masking", "mask_threshold")),
+    "anomalydino_dinov2": Entry(_anomalydino_dinov2, ("rotation", "masking", "mask_threshold", "resolution")),
 }
 
 

@@ -1,4 +1,4 @@
-"""The RegAD paper's numbers (Huang et al., ECCV 2022), to print beside ours.
+"""The RegAD paper's numbers (Huang et al., ECCV 2022), and the few-shot methods' published means, to print beside ours.
 
 MVTec AD: Table 1 of the paper, image / pixel AUROC in %, mean over 10 support sets, per
 category for K = 2, 4, 8. MPDD: Table 4, the mean over categories only, K = 4, 8, 16.
@@ -65,6 +65,35 @@ def paper_numbers(benchmark: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# Category means (image AUROC %, pixel AUROC % or None) of the few-shot methods beside RegAD, as
+# published: (benchmark, method) -> {K: (image, pixel)}. Sources in ../shared/spec/REGAD_REFERENCE.md,
+# "Newer few-shot anchors": FastRecon's README table (ICCV 2023, WRN-50; its PatchCore and RegAD
+# rows on MPDD too; its RegAD MPDD K = 4 is 68.3 where the RegAD paper has 68.8), AnomalyDINO (WACV 2025,
+# DINOv2 ViT-S/14 at 448 px, MVTec 1-shot, image only).
+PUBLISHED_MEANS: dict[tuple[str, str], dict[int, tuple[float, float | None]]] = {
+    ("mvtec_ad", "regad"): {k: MVTEC_AD[MEAN][k] for k in (2, 4, 8)},
+    ("mvtec_ad", "patchcore"): {2: (87.81, 94.75), 4: (89.49, 94.99), 8: (94.31, 95.60)},
+    ("mvtec_ad", "fastrecon"): {2: (90.97, 95.86), 4: (94.24, 96.98), 8: (95.19, 97.27)},
+    ("mvtec_ad", "anomalydino_dinov2"): {1: (96.6, None)},
+    ("mpdd", "regad"): {2: (63.4, 93.2), 4: (68.3, 93.9), 8: (71.9, 95.1)},
+    ("mpdd", "patchcore"): {2: (59.55, 79.15), 4: (59.78, 79.82), 8: (59.95, 80.30)},
+    ("mpdd", "fastrecon"): {2: (73.65, 97.03), 4: (79.85, 97.60), 8: (82.50, 97.92)},
+}
+
+
+def published_numbers() -> pd.DataFrame:
+    """``PUBLISHED_MEANS`` as rows (benchmark, method, shots, image_auroc, pixel_auroc), in %; NaN where none was published.
+
+    Example:
+        >>> published_numbers().query("benchmark == 'mpdd' and method == 'fastrecon' and shots == 8")["image_auroc"].item()
+        82.5
+    """
+    rows = [{"benchmark": benchmark, "method": method, "shots": k, "image_auroc": image,
+             "pixel_auroc": float("nan") if pixel is None else pixel}
+            for (benchmark, method), by_k in PUBLISHED_MEANS.items() for k, (image, pixel) in by_k.items()]
+    return pd.DataFrame(rows)
+
+
 def benchmark_of(categories: Iterable[str]) -> str | None:
     """``mvtec_ad`` or ``mpdd`` when every category belongs to that benchmark, else ``None``.
 
@@ -78,4 +107,4 @@ def benchmark_of(categories: Iterable[str]) -> str | None:
     return None
 
 
-__all__ = ["BENCHMARKS", "MEAN", "benchmark_of", "paper_numbers"]
+__all__ = ["BENCHMARKS", "MEAN", "PUBLISHED_MEANS", "benchmark_of", "paper_numbers", "published_numbers"]

@@ -59,7 +59,9 @@ from fsad.study.targets import for_each_target
 
 log = logging.getLogger(__name__)
 
-DEFAULT_METHODS = tuple(DETECTORS)  # every method of the registry, in its order
+# Every method of the registry, in its order, that runs on the configured backbone's ImageNet weights;
+# anomalydino_dinov2 needs its own weight file (dinov2_vits14_pretrain.pth) and is run by naming it.
+DEFAULT_METHODS = tuple(name for name in DETECTORS if name != "anomalydino_dinov2")
 
 
 @dataclass
@@ -114,7 +116,8 @@ def build_method(ctx: Context, name: str) -> Detector:
     if model_path is not None:
         ctx.notes["model"] = str(model_path)
     options = {"spade": config.spade, "padim": config.padim, "padim_views": config.padim, "patchcore": config.patchcore,
-               "regad_l": config.regad_l}.get(name, {})
+               "regad_l": config.regad_l, "fastrecon": config.fastrecon, "anomalydino": config.anomalydino,
+               "anomalydino_dinov2": config.anomalydino_dinov2}.get(name, {})
     return build_detector(name, config.regad, options, model_path)
 
 

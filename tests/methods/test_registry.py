@@ -14,7 +14,8 @@ from fsad.methods.registry import DETECTORS, build_detector, load_detector, save
 from fsad.methods.resad import ResAD, ResADSettings
 
 SETTINGS = RegADConfig(pretrained=False, image_size=32, device="cpu", eps=0.05, blur_sigma=1.5)
-OPTIONS = {"padim": {"n_channels": 20}, "patchcore": {"coreset_ratio": 0.5}, "regad_l": {"epochs": 1}}
+OPTIONS = {"padim": {"n_channels": 20}, "patchcore": {"coreset_ratio": 0.5}, "regad_l": {"epochs": 1},
+           "anomalydino_dinov2": {"resolution": 28, "rotation": False}}  # a random ViT on a 2 x 2 grid: seconds, not minutes
 
 
 @pytest.fixture(scope="module")
