@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
@@ -261,6 +261,13 @@ class Settings(BaseModel):
 class RegADConfig(Settings):
     """Every setting of one RegAD run. Defaults are the CPU-sized run on MobileNetV2.
 
+    The defaults are fsad's recipe, not the official code's: ImageNet-normalised inputs, the
+    cosine schedule stepped after each epoch, one forward of queries and supports, a
+    predictor bias, one composed inverse warp. ``configs/regad_official_fsad_mini.yaml`` and
+    ``configs/regad_official_gpu.yaml`` set the official recipe switch by switch
+    (``normalize``, ``lr``, ``batch_size``, ``lr_schedule``, ``separate_forwards``,
+    ``predictor_bias``, ``inverse_warp``, a fixed ``train_shots``; docs/regad_recipe.md).
+
     The paper's settings are in ``configs/regad_paper.yaml`` (ResNet-18, 224 px, 50 epochs,
     batch 32, lr 1e-4, no input normalisation).
 
@@ -288,6 +295,27 @@ class RegADConfig(Settings):
         augment_support: Use the 22 support views (``False`` for the ablation).
         seed: Fixes model initialisation and every sampled batch.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        lr_schedule: ``"stepped"`` (fsad's default): a cosine annealing stepped AFTER each epoch,
+            epoch e = 1..E runs at ``lr * 0.5 * (1 + cos(pi * (e - 1) / E))`` (starts at ``lr``,
+            never reaches 0). ``"official"``: the official code sets
+            ``lr * 0.5 * (1 + cos(pi * e / E))`` BEFORE epoch e (``train.py`` 320), so the last
+            epoch runs at lr 0 (E = 3: x[0.75, 0.25, 0] against x[1, 0.75, 0.25]).
+        separate_forwards: ``True`` is the official code: queries and supports go through the
+            network in two forwards (``train.py`` 169, 174), so batch norm normalises each with
+            its own batch statistics. ``False`` (fsad's default): one forward of both.
+        predictor_bias: The predictor's last 1x1 conv has a bias (fsad's default); the official
+            ``models/siamese.py`` (24, 66) has ``bias=False``.
+        inverse_warp: How stage i's features go back to the input frame. ``"composed"`` (fsad's
+            default): one warp by the inverse of the composed transform of STNs 1..i.
+            ``"per_stage"``: the official ``models/stn.py`` (255-271) warps by the inverse of
+            STN i, then of STN i-1, ... 1, reflecting at the borders every time: the same map
+            inside the image, other values at the borders. Read at test time, but it is kept
+            with the training settings so a model file has one meaning.
+        stn_lr: Learning rate of the STN parameters (``None``: ``lr``, as the official code, whose
+            STNs share the backbone's optimiser). A smaller one keeps the registration from
+            moving the features faster than the backbone learns (an fsad option).
+        stn_identity_penalty: Weight of a penalty on each STN's deviation from the identity,
+            ``sum_i mean_b ||theta_i - I||_F^2``, added to the loss (0: none, the official code).
     """
 
     backbone: Backbone = "mobilenet_v2"
@@ -307,6 +335,12 @@ class RegADConfig(Settings):
     augment_support: bool = True
     seed: Seed = 0
     device: Device = "auto"
+    lr_schedule: Literal["stepped", "official"] = "stepped"
+    separate_forwards: bool = False
+    predictor_bias: bool = True
+    inverse_warp: Literal["composed", "per_stage"] = "composed"
+    stn_lr: PositiveFloat | None = None
+    stn_identity_penalty: Annotated[float, Field(ge=0)] = 0.0
 
 
 # Settings read only at test time (and where to run): changing them needs no retraining.
@@ -418,12 +452,27 @@ class ExperimentConfig(StudyConfig):
             category that serves every K: training draws K per batch from
             ``regad.train_shots``, the test-time Gaussian is what depends on K, and it costs
             1/len(shots) of the training time.
+        epoch_diagnostics: Score the network on the target's test set before training (epoch
+            0, the untrained network) and after every epoch, and write ``epochs.csv`` beside the
+            model: loss, image / pixel AUROC, the STNs' median |rotation| and determinant per
+            stage. Nothing is selected: the last epoch's weights are the model. Costs one
+            evaluation of ``diagnostic_sets`` support sets per epoch.
+        diagnostic_shots: K of the per-epoch support sets.
+        diagnostic_sets: How many of the target's support sets of that K (the first ones).
+        test_selected: Also keep the weights of the epoch with the best per-epoch image + pixel
+            AUROC (the official protocol's TEST-SET selection, ``train.py`` 94-142) and score
+            them as method ``regad_test_selected``, to measure what that selection adds. Needs
+            ``epoch_diagnostics``; never the model of any other result.
     """
 
     dataset: Dataset = "elpv"  # the embedded real data set; the method studies default to toy
     metrics: Metrics = ("image_auroc", "pixel_auroc")
     untrained_baseline: bool = True
     model_per_shot: bool = False
+    epoch_diagnostics: bool = False
+    diagnostic_shots: Positive = 2
+    diagnostic_sets: Positive = 2
+    test_selected: bool = False
 
 
 def _default_methods() -> tuple[str, ...]:
@@ -443,6 +492,8 @@ class ComparisonConfig(StudyConfig):
         spade, padim, patchcore: Keyword arguments of the method's class.
         resad: ResAD's training settings.
         regad_l: Keyword arguments of ``RegADL`` (``epochs``, ``pair_shots``).
+        fastrecon, anomalydino, anomalydino_dinov2: Keyword options of those methods
+            (``fsad.methods.registry.DETECTORS[name].options``).
         cost_images: Test images scored in the cost measurement.
         measure_costs: Measure costs (one fresh process per method, seconds each to start).
     """
@@ -455,6 +506,9 @@ class ComparisonConfig(StudyConfig):
     patchcore: dict[str, Any] = Field(default_factory=dict)
     resad: ResADSettings = Field(default_factory=ResADSettings)
     regad_l: dict[str, Any] = Field(default_factory=dict)
+    fastrecon: dict[str, Any] = Field(default_factory=dict)
+    anomalydino: dict[str, Any] = Field(default_factory=dict)
+    anomalydino_dinov2: dict[str, Any] = Field(default_factory=dict)
     cost_images: Positive = 32
     measure_costs: bool = True
 

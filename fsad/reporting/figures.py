@@ -247,3 +247,41 @@ def variance_figure(image: torch.Tensor, variance: torch.Tensor, k: int) -> Repo
 
 __all__ = ["ReportFigure", "bars_across_k", "best_and_worst", "dataset_figure", "support_set_figure", "overlay_figure", "registered_views_figure", "roc_figure",
            "stn_angles_figure", "variance_figure"]
+
+
+def epoch_curves_figure(epochs: pd.DataFrame) -> ReportFigure:
+    """Per-epoch test AUROC and STN statistics of RegAD trainings (epoch 0 = untrained).
+
+    One column per held-out category; rows: image AUROC, pixel AUROC (mean over the
+    diagnostic support sets), median |rotation| and median determinant of each STN. One
+    line per training seed (AUROC) or per (stage, seed) (STN statistics).
+
+    Args:
+        epochs: Rows of ``epochs.csv`` (``fsad.methods.regad.training``) with a ``category``
+            and a ``seed`` column added.
+    """
+    categories = list(dict.fromkeys(epochs["category"]))
+    stages = sorted(int(c[3]) for c in epochs.columns if c.startswith("stn") and c.endswith("_rotation"))
+    long = epochs.melt(id_vars=["category", "seed", "epoch"],
+                       value_vars=[f"stn{s}_{stat}" for s in stages for stat in ("rotation", "determinant")])
+    long["stage"] = "STN " + long["variable"].str[3]
+    long["statistic"] = long["variable"].str.split("_").str[1]
+    rows = (("image_auroc", "image AUROC (%)"), ("pixel_auroc", "pixel AUROC (%)"), ("rotation", "median |rotation| (°)"),
+            ("determinant", "median determinant"))
+    figure = ReportFigure(figsize=(2.8 * len(categories), 8.4), layout="constrained")
+    axes = figure.subplots(len(rows), len(categories), squeeze=False, sharex=True)
+    for col, category in enumerate(categories):
+        mine = epochs[epochs["category"] == category].assign(seed=lambda d: "seed " + d["seed"].astype(str))
+        for row, (name, label) in enumerate(rows):
+            ax = axes[row, col]
+            if name.endswith("auroc") and mine[name].isna().all():
+                ax.text(0.5, 0.5, "no masks", ha="center", va="center", transform=ax.transAxes)
+            elif name.endswith("auroc"):
+                sns.lineplot(data=mine.assign(value=100 * mine[name]), x="epoch", y="value", hue="seed", marker="o", ax=ax,
+                             palette="viridis", legend=col == 0 and row == 0)
+            else:
+                part = long[(long["category"] == category) & (long["statistic"] == name)].assign(seed=lambda d: d["seed"].astype(str))
+                sns.lineplot(data=part, x="epoch", y="value", hue="stage", units="seed", estimator=None, marker=".", ax=ax,
+                             palette="rocket", legend=col == 0 and row == 2)
+            ax.set(ylabel=label if col == 0 else "", title=category if row == 0 else "")
+    return figure

@@ -19,16 +19,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from fsad.config import ExperimentConfig
+from fsad.config import ConfigError, ExperimentConfig
 from fsad.data.elpv import build_elpv_dataset
 from fsad.data.support_sets import support_sets_for
 from fsad.data.toy import make_toy_dataset
 from fsad.io import write_csv_atomic
-from fsad.methods.regad.checkpoint import untrained_regad
+from fsad.methods.regad.checkpoint import load_model, untrained_regad
 from fsad.methods.regad.detector import RegADMethod
 from fsad.paths import DATA_DIR, FSAD_MINI_DIR
 from fsad.study.evaluation import TestSet, evaluate_detector
-from fsad.study.models import leave_one_out_regad
+from fsad.study.models import TEST_SELECTED_NAME, EpochDiagnostics, leave_one_out_regad
 from fsad.study.preflight import preflight
 from fsad.study.targets import for_each_target
 
@@ -72,6 +72,11 @@ def run_experiment(config: ExperimentConfig, out_dir: Path, progress: bool = Tru
         ``regad`` or ``untrained``.
     """
     out_dir = Path(out_dir)
+    if config.epoch_diagnostics and (config.diagnostic_shots not in config.shots or config.diagnostic_sets > config.n_sets):
+        raise ConfigError(f"diagnostic_shots: {config.diagnostic_shots} and diagnostic_sets: {config.diagnostic_sets} must name "
+                          f"one of shots {list(config.shots)} and at most n_sets: {config.n_sets} sets")
+    if config.test_selected and not config.epoch_diagnostics:
+        raise ConfigError("test_selected: true needs epoch_diagnostics: true (the selection reads the per-epoch scores)")
     # Before any training; it loads every category, which the run then uses.
     checked = preflight(resolve_dataset(config.dataset), config.categories, config.shots, config.metrics, config.regad.device)
     timings: list[dict] = []
@@ -86,13 +91,24 @@ def run_experiment(config: ExperimentConfig, out_dir: Path, progress: bool = Tru
         rows = []
         for k, regad, folder in runs:
             tic = time.perf_counter()
-            model, _ = leave_one_out_regad(train_categories, regad, out_dir / "models" / target / folder, progress=progress)
+            model_dir = out_dir / "models" / target / folder
+            diagnostic_sets = {config.diagnostic_shots: sets[config.diagnostic_shots][: config.diagnostic_sets]}
+            monitor = EpochDiagnostics(category, diagnostic_sets, test, regad, model_dir, config.test_selected) if config.epoch_diagnostics else None
+            model, _ = leave_one_out_regad(train_categories, regad, model_dir, progress=progress, monitor=monitor)
             trained = time.perf_counter()
-            run = evaluate_detector(RegADMethod(model, config.regad, name="regad"), category, sets if k is None else {k: sets[k]},
-                                    test, config.metrics, progress=progress)
+            own_sets = sets if k is None else {k: sets[k]}
+            run = evaluate_detector(RegADMethod(model, config.regad, name="regad"), category, own_sets, test, config.metrics, progress=progress)
             rows += run.rows
             timings.append({"category": target, "method": "regad", "shots": k, "train_seconds": trained - tic,
                             "eval_seconds": time.perf_counter() - trained})
+            if config.test_selected:  # labelled: its epoch was chosen on this test set
+                tic = time.perf_counter()
+                selected = load_model(model_dir / TEST_SELECTED_NAME, expected=regad)[0]
+                run = evaluate_detector(RegADMethod(selected, config.regad, name="regad_test_selected"), category, own_sets, test,
+                                        config.metrics, progress=progress)
+                rows += run.rows
+                timings.append({"category": target, "method": "regad_test_selected", "shots": k, "train_seconds": 0.0,
+                                "eval_seconds": time.perf_counter() - tic})
         if config.untrained_baseline:
             tic = time.perf_counter()
             run = evaluate_detector(RegADMethod(untrained_regad(config.regad), config.regad, name="untrained"), category, sets,

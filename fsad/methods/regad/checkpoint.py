@@ -98,7 +98,8 @@ def checkpoint_differences(state: dict[str, Any], settings: RegADConfig, categor
 def build_model(config: RegADConfig) -> RegAD:
     """A RegAD network for ``config`` (backbone weights per ``config.pretrained``)."""
     backbone = build_backbone(config.backbone, pretrained=config.pretrained, normalize=config.normalize)
-    return RegAD(backbone, (config.image_size, config.image_size), config.stn_mode)
+    return RegAD(backbone, (config.image_size, config.image_size), config.stn_mode, predictor_bias=config.predictor_bias,
+                 inverse_warp=config.inverse_warp)
 
 
 def untrained_regad(settings: RegADConfig) -> RegAD:

@@ -23,10 +23,16 @@ class Encoder(nn.Sequential):
 
 
 class Predictor(nn.Sequential):
-    """1x1 conv + BatchNorm + ReLU, then a 1x1 conv."""
+    """1x1 conv + BatchNorm + ReLU, then a 1x1 conv.
 
-    def __init__(self, channels: int):
-        super().__init__(*conv_bn_relu(channels), nn.Conv2d(channels, channels, 1))
+    Args:
+        channels: Input and output channels.
+        bias: Whether the last conv has a bias; the official ``models/siamese.py`` (24, 66) has
+            ``bias=False``.
+    """
+
+    def __init__(self, channels: int, bias: bool = True):
+        super().__init__(*conv_bn_relu(channels), nn.Conv2d(channels, channels, 1, bias=bias))
 
 
 def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

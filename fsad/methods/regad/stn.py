@@ -100,6 +100,27 @@ def compose_theta(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     return (a @ b)[:, :2]
 
 
+def stn_identity_deviation(thetas: list[torch.Tensor]) -> torch.Tensor:
+    """``sum_i mean_b ||theta_i - I||_F^2`` over the stages' B x 2 x 3 transforms: 0 at the
+    identity. An fsad option (``stn_identity_penalty``), not in the paper: the SimSiam loss
+    alone does not penalise large transforms."""
+    identity = torch.eye(2, 3, dtype=thetas[0].dtype, device=thetas[0].device)
+    return sum(((theta - identity) ** 2).sum(dim=(1, 2)).mean() for theta in thetas)
+
+
+def rotation_degrees(theta: torch.Tensor) -> torch.Tensor:
+    """B angles in degrees of B x 2 x 3 transforms: the rotation of the closest similarity,
+    ``atan2(c - b, a + d)`` of ``[[a, b], [c, d]]`` (exact for a rotation with one scale;
+    with the ``rotation_scale`` family's cosine-only scales, the angle's sign and rough size)."""
+    a, b, c, d = theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1]
+    return torch.rad2deg(torch.atan2(c - b, a + d))
+
+
+def determinant(theta: torch.Tensor) -> torch.Tensor:
+    """B determinants of the 2 x 2 linear parts (the area ratio of the sampling grid)."""
+    return theta[:, 0, 0] * theta[:, 1, 1] - theta[:, 0, 1] * theta[:, 1, 0]
+
+
 def warp(features: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """Sample ``features`` (B x C x H x W) at ``theta``-transformed positions, reflecting at borders."""
     grid = F.affine_grid(theta, list(features.shape), align_corners=False)  # B x H x W x 2

@@ -15,19 +15,21 @@ Example:
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from fsad.config import RegADConfig, resolve_device
 from fsad.data.loading import as_float, load_images
 from fsad.data.mvtec import Category
-from fsad.io import save_atomic
+from fsad.io import save_atomic, write_csv_atomic
 from fsad.methods.regad.checkpoint import build_model, checkpoint_differences, load_checkpoint, training_fingerprints
 from fsad.methods.regad.network import RegAD
 from fsad.seed import epoch_rng, seed_everything
@@ -75,26 +77,41 @@ def epoch_batches(sizes: Sequence[int], config: RegADConfig, epoch: int) -> list
     return batches
 
 
+def official_lr_factor(epoch: int, epochs: int) -> float:
+    """The official schedule's factor for 0-based ``epoch``: ``0.5 * (1 + cos(pi * (epoch + 1) / epochs))``,
+    set before training that epoch (``train.py`` 320: epoch runs 1..E there), 0 for the last."""
+    return 0.5 * (1 + math.cos(math.pi * (epoch + 1) / epochs))
+
+
 def make_optimizers(model: RegAD, config: RegADConfig):
-    """The official three SGD optimisers, each with a cosine schedule over the epochs."""
+    """The official three SGD optimisers (STN + backbone, encoder, predictor) with a cosine
+    schedule over the epochs (``config.lr_schedule``); with ``config.stn_lr`` the STN
+    parameters are a second parameter group of the first optimiser, at that rate."""
+    backbone = [{"params": list(model.backbone.parameters())}, {"params": list(model.stns.parameters()), "lr": config.stn_lr}]
     groups = [
-        [*model.backbone.parameters(), *model.stns.parameters()],
+        backbone if config.stn_lr is not None else [*model.backbone.parameters(), *model.stns.parameters()],
         list(model.encoder.parameters()),
         list(model.predictor.parameters()),
     ]
     optimizers = [torch.optim.SGD(g, lr=config.lr, momentum=config.momentum) for g in groups]
-    schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=config.epochs) for o in optimizers]
+    if config.lr_schedule == "official":
+        schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda epoch: official_lr_factor(epoch, config.epochs)) for o in optimizers]
+    else:
+        schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=config.epochs) for o in optimizers]
     return optimizers, schedulers
 
 
-def training_step(model: RegAD, optimizers: Sequence[torch.optim.Optimizer], query: torch.Tensor, support: torch.Tensor) -> float:
+def training_step(model: RegAD, optimizers: Sequence[torch.optim.Optimizer], query: torch.Tensor, support: torch.Tensor,
+                  separate_forwards: bool = False, identity_penalty: float = 0.0) -> float:
     """One SGD step of the three optimisers on a batch's registration loss; returns the loss.
 
     Args:
         query: B x 3 x H x W.
         support: B x K x 3 x H x W.
+        separate_forwards, identity_penalty: Of ``RegAD.registration_loss`` (``RegADConfig``'s
+            ``separate_forwards`` and ``stn_identity_penalty``).
     """
-    loss = model.registration_loss(query, support)
+    loss = model.registration_loss(query, support, separate_forwards=separate_forwards, identity_penalty=identity_penalty)
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -103,12 +120,19 @@ def training_step(model: RegAD, optimizers: Sequence[torch.optim.Optimizer], que
     return loss.item()
 
 
+# Scores the network between epochs (``train_regad``'s ``monitor``): model, epoch (0 = before
+# training) -> values for that epoch's history row. It must not change the model.
+EpochMonitor = Callable[[RegAD, int], dict[str, float]]
+EPOCHS_CSV = "epochs.csv"
+
+
 def train_regad(
     categories: Sequence[Category],
     config: RegADConfig,
     out_dir: Path,
     resume: bool = True,
     progress: bool = True,
+    monitor: EpochMonitor | None = None,
 ) -> RegAD:
     """Train RegAD on the train/good images of ``categories`` (the target category left out).
 
@@ -124,6 +148,10 @@ def train_regad(
             other training settings, categories or training images (``checkpoint_differences``)
             is not resumed: training starts over, with a warning naming what changed.
         progress: Show tqdm bars.
+        monitor: Called before the first epoch (epoch 0, the untrained network) and after
+            every epoch; its values join that epoch's history row, and the history is also
+            written to ``out_dir/epochs.csv``. Diagnostics only: the weights saved are always
+            the last epoch's.
 
     Returns:
         The trained model in eval mode.
@@ -162,6 +190,8 @@ def train_regad(
 
     # Nothing left to train (a finished run resumed): skip decoding the training images.
     images = [load_images(c.train, config.image_size, desc=f"load {c.name}") for c in categories] if start_epoch < config.epochs else []
+    if monitor is not None and start_epoch == 0:
+        history = [{"epoch": 0, "loss": float("nan"), **monitor(model, 0)}]
     for epoch in range(start_epoch, config.epochs):
         model.train(freeze_backbone_bn=config.freeze_backbone_bn)
         batches = epoch_batches([len(x) for x in images], config, epoch)
@@ -171,13 +201,16 @@ def train_regad(
             pool = images[batch.category]
             query = as_float(pool[batch.queries]).to(device)  # B x 3 x H x W
             support = as_float(pool[batch.supports]).to(device)  # B x K x 3 x H x W
-            losses.append(training_step(model, optimizers, query, support))
+            losses.append(training_step(model, optimizers, query, support, config.separate_forwards, config.stn_identity_penalty))
             seen += len(batch.queries) * (1 + batch.supports.shape[1])
             bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+        lr = optimizers[0].param_groups[0]["lr"]  # the rate this epoch ran at
         for sched in schedulers:
             sched.step()
         seconds = time.perf_counter() - tic
-        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": seconds, "images_per_second": seen / seconds})
+        queries = sum(len(b.queries) for b in batches)
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": seconds, "images_per_second": seen / seconds,
+                        "queries": queries, "lr": lr, **(monitor(model, epoch + 1) if monitor is not None else {})})
         log.info("epoch %d/%d loss %.4f (%.1f s)", epoch + 1, config.epochs, history[-1]["loss"], seconds)
         save_atomic(
             {
@@ -194,4 +227,6 @@ def train_regad(
         )
     save_atomic({"config": config.to_dict(), "model": model.state_dict(), "history": history, "train_categories": names,
                  "train_fingerprints": fingerprints}, out_dir / MODEL_NAME)
+    if monitor is not None:
+        write_csv_atomic(out_dir / EPOCHS_CSV, pd.DataFrame(history))
     return model.eval()
