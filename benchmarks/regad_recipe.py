@@ -23,7 +23,6 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from fsad.config import ExperimentConfig
@@ -126,7 +125,7 @@ def epoch_table(epochs: pd.DataFrame) -> str:
     frame = pd.DataFrame(table).T
     frame.index.name = "category"
     means = per_run[[c for c in per_run.columns if " " in c]].groupby(per_run["seed"]).mean()  # category mean per seed
-    note = (f"Mean over categories per seed, image AUROC untrained / last / best: "
+    note = ("Mean over categories per seed, image AUROC untrained / last / best: "
             + "; ".join(f"seed {seed}: {100 * r['image_auroc untrained']:.1f} / {100 * r['image_auroc last']:.1f} / "
                         f"{100 * r['image_auroc best']:.1f}" for seed, r in means.iterrows())
             + " (a seed missing a category averages fewer categories).")

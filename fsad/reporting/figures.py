@@ -245,8 +245,18 @@ def variance_figure(image: torch.Tensor, variance: torch.Tensor, k: int) -> Repo
     return figure
 
 
-__all__ = ["ReportFigure", "bars_across_k", "best_and_worst", "dataset_figure", "support_set_figure", "overlay_figure", "registered_views_figure", "roc_figure",
-           "stn_angles_figure", "variance_figure"]
+__all__ = [
+    "ReportFigure",
+    "bars_across_k",
+    "best_and_worst",
+    "dataset_figure",
+    "overlay_figure",
+    "registered_views_figure",
+    "roc_figure",
+    "stn_angles_figure",
+    "support_set_figure",
+    "variance_figure",
+]
 
 
 def epoch_curves_figure(epochs: pd.DataFrame) -> ReportFigure:

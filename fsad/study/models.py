@@ -15,9 +15,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
-
 import numpy as np
+import torch
 
 from fsad.config import RegADConfig, resolve_device
 from fsad.data.loading import to_float

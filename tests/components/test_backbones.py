@@ -206,7 +206,9 @@ def test_folded_batch_norms_give_the_same_stage_outputs(name):
         assert any(isinstance(m, torch.nn.BatchNorm2d) for m in stage.modules())  # the original keeps them
         with torch.no_grad():
             expected, got = stage(x), folded(x)
-        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+        # Float32 rounding of the folded weights, accumulated over ResNet-18's stage 3: up to
+        # 1.9e-5 absolute on this machine's oneDNN kernels (a wrong fold is off by O(1)).
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=5e-5)
         x = expected
 
 

@@ -22,8 +22,16 @@ from torch import nn
 
 from fsad.components.backbones import FeatureExtractor, fold_batch_norms
 from fsad.methods.regad.siamese import Encoder, Predictor, symmetric_loss
-from fsad.methods.regad.stn import (NO_STN, SpatialTransformer, compose_theta, determinant, invert_theta, rotation_degrees,
-                                   stn_identity_deviation, warp)
+from fsad.methods.regad.stn import (
+    NO_STN,
+    SpatialTransformer,
+    compose_theta,
+    determinant,
+    invert_theta,
+    rotation_degrees,
+    stn_identity_deviation,
+    warp,
+)
 
 # How registered features are warped back to the input frame (``RegAD.registered_features``).
 INVERSE_WARPS = ("composed", "per_stage")

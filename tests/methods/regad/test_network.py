@@ -27,23 +27,9 @@ def test_untrained_registration_is_plain_backbone_features(model):
     assert torch.allclose(got, expected, atol=1e-4)
 
 
-class PoolingBackbone(torch.nn.Module):
-    """Stages that only average-pool: features are the image itself, so warps can be checked exactly."""
-
-    channels = (3, 3, 3)
-    strides = (4, 8, 16)
-
-    def __init__(self):
-        super().__init__()
-        self.stages = torch.nn.ModuleList([torch.nn.AvgPool2d(4), torch.nn.AvgPool2d(2), torch.nn.AvgPool2d(2)])
-
-    def normalize(self, images):
-        return images
-
-
-def test_registered_features_undo_the_composed_transforms():
+def test_registered_features_undo_the_composed_transforms(pooling_backbone):
     torch.manual_seed(0)
-    model = RegAD(PoolingBackbone(), (256, 256), stn_mode="rotation_translation").eval()
+    model = RegAD(pooling_backbone, (256, 256), stn_mode="rotation_translation").eval()
     smooth = torch.rand(1, 3, 3, 3, generator=torch.Generator().manual_seed(1))
     x = F.interpolate(smooth, size=(256, 256), mode="bicubic", align_corners=True)
     with torch.no_grad():

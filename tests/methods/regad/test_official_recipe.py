@@ -84,20 +84,6 @@ def test_separate_forwards_give_queries_and_supports_their_own_batch_statistics(
     assert abs(separate.item() - joint.item()) > 1e-4
 
 
-class PoolingBackbone(torch.nn.Module):
-    """Stages that only average-pool, so the warps are what is compared."""
-
-    channels = (3, 3, 3)
-    strides = (4, 8, 16)
-
-    def __init__(self):
-        super().__init__()
-        self.stages = torch.nn.ModuleList([torch.nn.AvgPool2d(4), torch.nn.AvgPool2d(2), torch.nn.AvgPool2d(2)])
-
-    def normalize(self, images):
-        return images
-
-
 def official_fixstn(x, theta):
     """models/stn.py _fixstn: affine_grid + grid_sample with reflection (torch's default align_corners=False)."""
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
@@ -110,9 +96,9 @@ def official_inverse(theta):
     return torch.from_numpy(np.linalg.inv(np.concatenate((theta.numpy(), bottom), axis=1))[:, :-1, :]).float()
 
 
-def test_per_stage_inverse_warp_is_the_official_composition():
+def test_per_stage_inverse_warp_is_the_official_composition(pooling_backbone):
     torch.manual_seed(0)
-    model = RegAD(PoolingBackbone(), (128, 128), stn_mode="rotation_translation_scale", inverse_warp="per_stage").eval()
+    model = RegAD(pooling_backbone, (128, 128), stn_mode="rotation_translation_scale", inverse_warp="per_stage").eval()
     x = torch.rand(2, 3, 128, 128)
     with torch.no_grad():
         for stn, params in zip(model.stns, ([0.4, 0.05, 0.0, 1.1, 0.9], [-0.3, 0.0, 0.1, 1.0, 1.2], [0.2, -0.1, 0.0, 0.8, 1.0])):
@@ -128,7 +114,7 @@ def test_per_stage_inverse_warp_is_the_official_composition():
         model.inverse_warp = "composed"  # one warp by the composed inverse: other values at the borders
         assert (model.registered_features(x) - expected).abs().max() > 1e-2
     with pytest.raises(ValueError, match="inverse_warp"):
-        RegAD(PoolingBackbone(), (128, 128), inverse_warp="official")
+        RegAD(pooling_backbone, (128, 128), inverse_warp="official")
 
 
 def test_identity_penalty_is_zero_at_identity_and_pulls_back_to_it():
