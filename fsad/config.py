@@ -520,6 +520,8 @@ class AblationConfig(StudyConfig):
         k_sweep: K values of the ``k_sweep`` variant.
         stn_modes: STN modes trained for the ``stn_<mode>`` variants (default: all nine;
             ``no_stn`` is always trained).
+        stn_lr_factor: The ``stn_lr_x<f>`` variant trains the STNs at this factor x ``regad.lr``.
+        identity_penalty: Weight of the ``identity_penalty_<w>`` variant's STN identity penalty.
         regad: The default RegAD settings; every variant changes one thing.
         regad_models: Folder holding ``<category>/regad.pt`` of the default STN mode, reused.
         support_dir: Folder of shared support-set JSON files, only read (the pipeline's
@@ -529,6 +531,8 @@ class AblationConfig(StudyConfig):
 
     k_sweep: KSweep = (1, 2, 4, 8, 16)
     stn_modes: StnModes = Field(default_factory=_stn_modes)
+    stn_lr_factor: PositiveFloat = 0.1
+    identity_penalty: PositiveFloat = 1.0
     regad_models: str | None = None
     support_dir: str | None = None
 

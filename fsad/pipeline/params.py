@@ -34,6 +34,7 @@ from fsad.config import (
     Methods,
     Metrics,
     Positive,
+    PositiveFloat,
     RegADConfig,
     ResADSettings,
     Seed,
@@ -89,6 +90,8 @@ class AblationParams(Settings):
     batches_per_epoch: Positive | None
     n_sets: Positive
     stn_modes: StnModes
+    stn_lr_factor: PositiveFloat
+    identity_penalty: PositiveFloat
     k_sweep: KSweep
     metrics: Metrics
 
@@ -185,7 +188,8 @@ def ablation_config(path: Path = PARAMS_FILE) -> AblationConfig:
                           eps=evaluate.eps, blur_sigma=evaluate.blur_sigma)
     return AblationConfig(dataset=rooted_dataset(data.dataset), categories=data.categories, shots=support.shots, k_sweep=ablations.k_sweep,
                           n_sets=ablations.n_sets, support_seed=support.seed, metrics=ablations.metrics,
-                          stn_modes=ablations.stn_modes, regad=regad, support_dir=str(SUPPORT_DIR))
+                          stn_modes=ablations.stn_modes, stn_lr_factor=ablations.stn_lr_factor, identity_penalty=ablations.identity_penalty,
+                          regad=regad, support_dir=str(SUPPORT_DIR))
 
 
 def comparison_config(path: Path = PARAMS_FILE) -> ComparisonConfig:

@@ -9,6 +9,12 @@ the same support sets and test images:
   statistics kept (``freeze_backbone_bn``; not in the paper: our diagnosis of RegAD on
   fsad-mini, ``benchmarks/registration_diagnosis.py``; ``trained_bn`` when the default
   already freezes them);
+- ``stn_lr_x<f>``: the default model trained with the STN parameters at ``stn_lr_factor`` x
+  ``lr`` (``RegADConfig.stn_lr``; issue 10, to keep registration near the identity);
+  ``stn_lr_shared`` when the default already has its own STN rate;
+- ``identity_penalty_<w>``: the default model trained with a penalty of weight
+  ``identity_penalty`` on each STN's deviation from the identity (``stn_identity_penalty``);
+  ``no_identity_penalty`` when the default already has one;
 - ``untrained``: registration training off: ImageNet features + 22 support views + Gaussian;
 - ``no_augmentation``: the default model without the 22 support views;
 - ``k_sweep``: the default model at K in ``k_sweep`` (16 only where a category has >= 16
@@ -29,10 +35,11 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from fsad.config import AblationConfig
+from fsad.config import AblationConfig, RegADConfig
 from fsad.data.support_sets import support_sets_for
 from fsad.io import save_figure_atomic, write_csv_atomic, write_text_atomic
 from fsad.methods.regad.checkpoint import untrained_regad
@@ -52,44 +59,55 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Variant:
-    """One ablation: the model it scores (``stn_mode``, trained or not, batch norm frozen or not), its test-time settings and K."""
+    """One ablation: the training settings it changes (none: the default model), trained or not, its test-time settings and K."""
 
     name: str
-    stn_mode: str
     trained: bool
     augment_support: bool
     shots: tuple[int, ...]
-    freeze_backbone_bn: bool = False
+    training: tuple[tuple[str, Any], ...] = ()  # (RegADConfig key, value) this variant trains with
 
-    @property
-    def model_key(self) -> tuple[str, bool, bool]:
-        return self.stn_mode, self.trained, self.freeze_backbone_bn
+    def settings(self, regad: RegADConfig) -> RegADConfig:
+        return regad.replace(**dict(self.training))
+
+    def folder(self, regad: RegADConfig) -> str:
+        """``<stn mode>``, or ``<stn mode>-<name>`` where the variant changes more than the STN mode."""
+        mode = self.settings(regad).stn_mode
+        return mode if {key for key, _ in self.training} <= {"stn_mode"} else f"{mode}-{self.name}"
 
 
 def ablation_variants(config: AblationConfig) -> list[Variant]:
-    """Every variant of ``config``: the default RegAD first, the other STN modes (the costly ones) last."""
-    default, frozen = config.regad.stn_mode, config.regad.freeze_backbone_bn
+    """Every variant of ``config``: the default RegAD first, the other STN modes (the costly ones) last.
+
+    The batch-norm, STN-rate and identity-penalty variants flip the default's setting, and are
+    named for what they do.
+    """
+    regad, shots = config.regad, config.shots
+    stn_lr = None if regad.stn_lr is not None else config.stn_lr_factor * regad.lr
+    penalty = 0.0 if regad.stn_identity_penalty else config.identity_penalty
     return [
-        Variant(f"stn_{default}", default, True, True, config.shots),
-        Variant("no_stn", NO_STN, True, True, config.shots),
-        # the batch-norm switch flipped: named for what the variant does
-        Variant("trained_bn" if frozen else "frozen_bn", default, True, True, config.shots, freeze_backbone_bn=not frozen),
-        Variant("untrained", default, False, True, config.shots),
-        Variant("no_augmentation", default, True, False, config.shots),
-        Variant("k_sweep", default, True, True, config.k_sweep),
-        *(Variant(f"stn_{m}", m, True, True, config.shots) for m in config.stn_modes if m != default),
+        Variant(f"stn_{regad.stn_mode}", True, True, shots),
+        Variant("no_stn", True, True, shots, (("stn_mode", NO_STN),)),
+        Variant("trained_bn" if regad.freeze_backbone_bn else "frozen_bn", True, True, shots,
+                (("freeze_backbone_bn", not regad.freeze_backbone_bn),)),
+        Variant("stn_lr_shared" if stn_lr is None else f"stn_lr_x{config.stn_lr_factor:g}", True, True, shots, (("stn_lr", stn_lr),)),
+        Variant(f"identity_penalty_{penalty:g}" if penalty else "no_identity_penalty", True, True, shots,
+                (("stn_identity_penalty", penalty),)),
+        Variant("untrained", False, True, shots),
+        Variant("no_augmentation", True, False, shots),
+        Variant("k_sweep", True, True, config.k_sweep),
+        *(Variant(f"stn_{m}", True, True, shots, (("stn_mode", m),)) for m in config.stn_modes if m != regad.stn_mode),
     ]
 
 
 def _model(variant: Variant, config: AblationConfig, target: str, others, models_dir: Path, progress: bool) -> RegAD:
     """The variant's network: untrained, reused from ``regad_models``, or trained (resumable) here."""
-    settings = config.regad.replace(stn_mode=variant.stn_mode, freeze_backbone_bn=variant.freeze_backbone_bn)
+    settings = variant.settings(config.regad)
     if not variant.trained:
         return untrained_regad(settings)
     # regad_models holds the default variant's models only: other variants would just be refused there
     reuse = Path(config.regad_models) / target / MODEL_NAME if config.regad_models and settings == config.regad else None
-    folder = models_dir / (variant.stn_mode + ("-frozen_bn" if variant.freeze_backbone_bn else "")) / target
-    return leave_one_out_regad(others, settings, folder, reuse, progress)[0]
+    return leave_one_out_regad(others, settings, models_dir / variant.folder(config.regad) / target, reuse, progress)[0]
 
 
 def _support_sets(category, config: AblationConfig, shots: Sequence[int], out_dir: Path) -> dict[int, list[list[str]]]:
@@ -134,7 +152,7 @@ def run_ablations(config: AblationConfig, out_dir: Path, models_dir: Path | None
     # short still has whole variants, the default and the cheap ones first.
     for variant in variants:
         for target, (category, sets, others, test) in data.items():
-            key = (*variant.model_key, target)
+            key = (variant.trained, variant.training, target)
             if key not in models:
                 models[key] = _model(variant, config, target, others, models_dir, progress)
             method = RegADMethod(models[key], config.regad.replace(augment_support=variant.augment_support), name=variant.name)
@@ -146,7 +164,7 @@ def run_ablations(config: AblationConfig, out_dir: Path, models_dir: Path | None
                 rows += [{**row, "method": variant.name} for row in rows
                          if row["method"] == default and row["category"] == target and row["shots"] in config.shots]
             run = evaluate_detector(method, category, scored, test, config.metrics, progress=progress)
-            rows += [{**row, "stn_mode": variant.stn_mode} for row in run.rows]
+            rows += [{**row, "stn_mode": variant.settings(config.regad).stn_mode} for row in run.rows]
             log.info("%s %s done", target, variant.name)
         write_csv_atomic(out_dir / "results.csv", pd.DataFrame(rows))
     return pd.DataFrame(rows)

@@ -7,19 +7,31 @@ from fsad.study.ablations import ablation_table, ablation_variants, plot_ablatio
 
 
 def test_variants_cover_the_paper_ablations():
-    variants = ablation_variants(AblationConfig(regad=RegADConfig(stn_mode="affine")))
+    variants = ablation_variants(AblationConfig(regad=RegADConfig(stn_mode="affine", lr=0.01)))
     names = [v.name for v in variants]
     assert names[0] == "stn_affine"  # the default mode first
     assert {f"stn_{m}" for m in STN_MODES} <= set(names)
     assert {"no_stn", "frozen_bn", "untrained", "no_augmentation", "k_sweep"} <= set(names)
     by_name = {v.name: v for v in variants}
-    assert by_name["no_stn"].stn_mode == "none" and by_name["no_stn"].trained
+    regad = RegADConfig(stn_mode="affine", lr=0.01)
+    settings = {v.name: v.settings(regad) for v in variants}
+    assert settings["no_stn"].stn_mode == "none" and by_name["no_stn"].trained
     assert not by_name["untrained"].trained and not by_name["no_augmentation"].augment_support
     assert by_name["k_sweep"].shots == (1, 2, 4, 8, 16)
-    assert by_name["frozen_bn"].freeze_backbone_bn and by_name["frozen_bn"].stn_mode == "affine"
-    assert sum(v.freeze_backbone_bn for v in variants) == 1
-    flipped = {v.name: v for v in ablation_variants(AblationConfig(regad=RegADConfig(freeze_backbone_bn=True)))}
-    assert "frozen_bn" not in flipped and not flipped["trained_bn"].freeze_backbone_bn
+    assert settings["frozen_bn"].freeze_backbone_bn and settings["frozen_bn"].stn_mode == "affine"
+    assert sum(s.freeze_backbone_bn for s in settings.values()) == 1
+    # issue 10's two ways to keep registration near the identity, each a row of its own
+    assert settings["stn_lr_x0.1"] == regad.replace(stn_lr=0.001)
+    assert settings["identity_penalty_1"] == regad.replace(stn_identity_penalty=1.0)
+    assert {v.folder(regad) for v in variants if v.trained} == {
+        *(f"{m}" for m in STN_MODES), "none", "affine-frozen_bn", "affine-stn_lr_x0.1", "affine-identity_penalty_1"}
+    flipped = {v.name: v for v in ablation_variants(AblationConfig(regad=RegADConfig(freeze_backbone_bn=True, stn_lr=0.001,
+                                                                                      stn_identity_penalty=2.0)))}
+    assert {"frozen_bn", "stn_lr_x0.1", "identity_penalty_1"}.isdisjoint(flipped)
+    default = RegADConfig(freeze_backbone_bn=True, stn_lr=0.001, stn_identity_penalty=2.0)
+    assert flipped["trained_bn"].settings(default) == default.replace(freeze_backbone_bn=False)
+    assert flipped["stn_lr_shared"].settings(default) == default.replace(stn_lr=None)
+    assert flipped["no_identity_penalty"].settings(default) == default.replace(stn_identity_penalty=0.0)
 
 
 def test_unknown_mode_is_an_error():
@@ -33,10 +45,12 @@ def test_ablations_on_toy(toy_root, tmp_path):
                             regad=RegADConfig(image_size=64, epochs=1, batch_size=8, pretrained=False, device="cpu"))
     results = run_ablations(config, tmp_path, progress=False)
     variants = set(results["method"])
-    assert variants == {"stn_rotation_scale", "stn_translation", "no_stn", "frozen_bn", "untrained", "no_augmentation", "k_sweep"}
+    assert variants == {"stn_rotation_scale", "stn_translation", "no_stn", "frozen_bn", "stn_lr_x0.1", "identity_penalty_1", "untrained",
+                        "no_augmentation", "k_sweep"}
     assert set(results.loc[results["method"] == "k_sweep", "shots"]) == {1, 2}  # toy has 12 train images: no K=16
     assert (tmp_path / "models" / "none" / "disc" / "regad.pt").is_file()
-    assert (tmp_path / "models" / "rotation_scale-frozen_bn" / "disc" / "regad.pt").is_file()
+    for folder in ("rotation_scale-frozen_bn", "rotation_scale-stn_lr_x0.1", "rotation_scale-identity_penalty_1"):
+        assert (tmp_path / "models" / folder / "disc" / "regad.pt").is_file()
     metric = results.set_index(["method", "shots"])["image_auroc"]
     assert metric[("k_sweep", 2)] == metric[("stn_rotation_scale", 2)]  # shared K: the default variant's rows
     frozen, default = (torch.load(tmp_path / "models" / m / "disc" / "regad.pt", weights_only=True)["model"]
