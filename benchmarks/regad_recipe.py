@@ -7,11 +7,14 @@ weights. Seeds in ``--full-seeds`` get the config's whole evaluation (every K, e
 every metric, the untrained baseline); the others only the diagnostic subset
 (``diagnostic_sets`` sets at K = ``diagnostic_shots``, image and pixel AUROC), which is
 what the seed spread is measured on. ``--summary`` then writes the tables
-(``summary.md``) and the per-epoch figure from whatever has finished.
+(``summary.md``) and the per-epoch figures from whatever has finished; ``--honest`` puts an
+honest variant's runs (another config, e.g. ``configs/regad_official_stn_fsad_mini.yaml``)
+beside the official recipe's.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/regad_recipe.py --config configs/regad_official_fsad_mini.yaml \\
         --out runs/issue10/official --seeds 0 1 2 --full-seeds 0
-    .venv/bin/python benchmarks/regad_recipe.py --out runs/issue10/official --summary --figure docs/figures/regad_recipe.png
+    .venv/bin/python benchmarks/regad_recipe.py --out runs/issue10/official --summary \\
+        --honest runs/issue10/honest --figure docs/figures/regad_recipe_epochs.png
 
 The same study on a GPU (224 px, longer): ``--config configs/regad_official_gpu.yaml``.
 """
@@ -61,35 +64,56 @@ def read_runs(roots: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
             pd.concat(epochs, ignore_index=True) if epochs else pd.DataFrame())
 
 
-def full_table(results: pd.DataFrame) -> str:
-    """Category x (K, method) table of the fully evaluated seeds, and the differences of the means in points."""
-    from fsad.reporting.tables import mean_difference, side_by_side, summarize, to_markdown
+# The methods of the full table, in order; an honest variant's runs are renamed into the last two.
+FULL_METHODS = ("untrained", "regad", "regad_test_selected", "honest", "honest_test_selected")
+HONEST_NAMES = {"regad": "honest", "regad_test_selected": "honest_test_selected"}
+DIFFERENCES = [("regad", "untrained", "official recipe, trained (last epoch) - untrained"),
+               ("regad_test_selected", "regad", "official recipe, selection inflation: best test epoch - last epoch"),
+               ("regad_test_selected", "untrained", "official recipe, best test epoch - untrained"),
+               ("honest", "untrained", "honest variant (last epoch) - untrained"),
+               ("honest", "regad", "honest variant - official recipe, both last epoch"),
+               ("honest_test_selected", "honest", "honest variant, selection inflation")]
 
+
+def full_table(results: pd.DataFrame) -> str:
+    """Per fully evaluated seed: (method, category) x K tables with the category mean, and the
+    differences of the means in points; with an honest variant, a second table on the categories it has."""
     full = results[results.groupby("seed")["method"].transform(lambda m: (m == "untrained").any())]  # the fully evaluated seeds
     if full.empty:
         return "(no fully evaluated seed finished)\n"
-    metrics = [m for m in ("image_auroc", "pixel_auroc", "aupro") if m in full.columns]
-    methods = [m for m in ("untrained", "regad", "regad_test_selected") if m in set(full["method"])]
     lines = []
     for seed, part in full.groupby("seed"):
-        # The category mean averages within each support set: keep the sets every category has.
-        n_sets = int(part.groupby("category")["support_set"].nunique().min())
-        part = part[part["support_set"] < n_sets]
-        summary = summarize(part, metrics)
-        lines += [f"Seed {seed}, {' / '.join(metrics)} in %, mean ± std over the first {n_sets} support sets "
-                  f"(categories: {', '.join(sorted(set(part['category'])))}):", "",
-                  to_markdown(side_by_side(summary, metrics, methods)), ""]
-        for metric in metrics:
-            pairs = [("regad", "untrained", "trained (last epoch) - untrained"),
-                     ("regad_test_selected", "regad", "selection inflation: best test epoch - last epoch"),
-                     ("regad_test_selected", "untrained", "best test epoch - untrained")]
-            for method, reference, label in pairs:
-                if {method, reference} <= set(methods):
-                    diff = 100 * mean_difference(summary, metric, method, reference)
-                    if diff.notna().any():
-                        lines.append(f"- {metric}, {label}: " + ", ".join(f"K={k}: {v:+.1f}" for k, v in diff.items()))
-        lines.append("")
+        part = part[part["method"].isin(FULL_METHODS)]
+        official = part[~part["method"].isin(HONEST_NAMES.values())]
+        lines += method_table(official, f"Seed {seed}, official recipe")
+        if len(official) < len(part):
+            lines += method_table(part, f"Seed {seed}, beside the honest variant")
     return "\n".join(lines)
+
+
+def method_table(part: pd.DataFrame, title: str) -> list[str]:
+    """Lines of one (method, category) x K table and the differences of its category means.
+
+    The category mean averages within each support set, so the table keeps the support sets
+    and the categories that every method has."""
+    from fsad.reporting.tables import mean_difference, summarize
+    from fsad.study.comparison import comparison_table, table_markdown
+
+    metrics = [m for m in ("image_auroc", "pixel_auroc", "aupro") if m in part.columns]
+    n_sets = int(part.groupby(["method", "category"])["support_set"].nunique().min())
+    common = set.intersection(*(set(p["category"]) for _, p in part.groupby("method")))
+    part = part[(part["support_set"] < n_sets) & part["category"].isin(common)]
+    part = part.assign(order=part["method"].map(FULL_METHODS.index)).sort_values(["order", "category"], kind="stable").drop(columns="order")
+    lines = [(f"{title}: {' / '.join(metrics)} in %, mean ± std over the first {n_sets} support sets; "
+              f"categories {', '.join(sorted(common))}:"), "", table_markdown(comparison_table(part, metrics, categories=True)), ""]
+    summary = summarize(part, metrics)
+    for metric in metrics:
+        for method, reference, label in DIFFERENCES:
+            if {method, reference} <= set(part["method"]):
+                diff = 100 * mean_difference(summary, metric, method, reference)
+                if diff.notna().any():
+                    lines.append(f"- {metric}, {label}: " + ", ".join(f"K={k}: {v:+.1f}" for k, v in diff.items()))
+    return [*lines, ""]
 
 
 def epoch_table(epochs: pd.DataFrame) -> str:
@@ -132,22 +156,34 @@ def epoch_table(epochs: pd.DataFrame) -> str:
     return to_markdown(frame) + "\n\n" + note + "\n"
 
 
-def summarise(roots: list[Path], figure: Path | None) -> None:
+def summarise(roots: list[Path], honest: list[Path], figure: Path | None) -> None:
+    """``roots[0]/summary.md``: the full tables (with the honest variant's runs of ``honest`` beside
+    the official recipe's) and the per-epoch tables; the per-epoch figures (``<figure>_honest.png``
+    for the honest variant)."""
     from fsad.io import save_figure_atomic
     from fsad.reporting.figures import epoch_curves_figure
 
     results, epochs = read_runs(roots)
+    honest_results, honest_epochs = read_runs(honest) if honest else (pd.DataFrame(), pd.DataFrame())
+    if not honest_results.empty:
+        # the same untrained network (raw inputs, no training): scored once, from the official runs
+        results = pd.concat([results, honest_results[honest_results["method"] != "untrained"].replace({"method": HONEST_NAMES})],
+                            ignore_index=True)
     text = ["## Full evaluation (last epoch = the model; test-selected = the official protocol's choice, labelled)", "",
             full_table(results) if not results.empty else "(none yet)", "",
             f"## Per epoch, {SUBSET_NOTE} (the first 2 support sets at K = 2), mean ± std across training seeds", "",
             "'set std': std across the support sets at the last epoch, averaged over seeds; 'inflation': best test epoch - last.", "",
             epoch_table(epochs) if not epochs.empty else "(none yet)"]
+    if not honest_epochs.empty:
+        text += ["", f"### The honest variant, {SUBSET_NOTE}", "", epoch_table(honest_epochs)]
     out = roots[0] / "summary.md"
     out.write_text("\n".join(text))
     print("\n".join(text))
-    if figure is not None and not epochs.empty:
-        save_figure_atomic(epoch_curves_figure(epochs), figure)
-        print(f"figure -> {figure}")
+    if figure is not None:
+        for runs, path in ((epochs, figure), (honest_epochs, figure.with_stem(figure.stem + "_honest"))):
+            if not runs.empty:
+                save_figure_atomic(epoch_curves_figure(runs), path)
+                print(f"figure -> {path}")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -170,11 +206,12 @@ def main() -> None:
     parser.add_argument("--categories", nargs="+", help="only these targets (default: the config's)")
     parser.add_argument("--n-sets", type=int, help="support sets of the full evaluation (default: the config's n_sets)")
     parser.add_argument("--summary", action="store_true", help="write the tables and figure of what has finished")
+    parser.add_argument("--honest", nargs="*", default=[], help="with --summary: runs of an honest variant, tabled beside the official recipe")
     parser.add_argument("--figure", help="PNG of AUROC and STN statistics against epoch")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.summary:
-        summarise([Path(p) for p in args.out], Path(args.figure) if args.figure else None)
+        summarise([Path(p) for p in args.out], [Path(p) for p in args.honest], Path(args.figure) if args.figure else None)
     else:
         run(args)
 

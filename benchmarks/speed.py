@@ -35,6 +35,7 @@ from fsad.components.gaussian import fit_gaussian, mahalanobis
 from fsad.config import RegADConfig, resolve_device
 from fsad.methods.regad.checkpoint import build_model
 from fsad.methods.regad.detector import RegADMethod
+from fsad.methods.regad.training import make_optimizers, training_step
 
 
 def padim_loop(support: np.ndarray, test: np.ndarray, positions: int) -> np.ndarray:
@@ -115,24 +116,20 @@ def synchronize(device: str) -> None:
 
 
 def time_network(args, device: str) -> None:
-    config = RegADConfig(image_size=args.image_size, device=device)
-    model = build_model(config).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    config = RegADConfig(image_size=args.image_size, device=device, lr=1e-4)
+    # the training step of train_regad: its optimisers, channels-last network and input
+    model = build_model(config).to(device, memory_format=torch.channels_last)
+    optimizers, _ = make_optimizers(model, config)
     generator = torch.Generator().manual_seed(0)
     query = torch.rand(args.batch, 3, args.image_size, args.image_size, generator=generator).to(device)
     support = torch.rand(args.batch, 2, 3, args.image_size, args.image_size, generator=generator).to(device)
     model.train()
     for step in range(args.steps + 1):  # the first step warms up
         if step == 1:
-            if device == "cuda":
-                torch.cuda.synchronize()
+            synchronize(device)
             start = time.perf_counter()
-        loss = model.registration_loss(query, support)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    if device == "cuda":
-        torch.cuda.synchronize()
+        training_step(model, optimizers, query, support)
+    synchronize(device)
     train_rate = args.steps * args.batch * 3 / (time.perf_counter() - start)  # query + 2 supports
 
     # Test-image features as fsad run / fsad predict compute them: RegADMethod.embed (folded batch

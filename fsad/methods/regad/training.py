@@ -105,12 +105,15 @@ def training_step(model: RegAD, optimizers: Sequence[torch.optim.Optimizer], que
                   separate_forwards: bool = False, identity_penalty: float = 0.0) -> float:
     """One SGD step of the three optimisers on a batch's registration loss; returns the loss.
 
+    ``model`` is best channels-last (``train_regad`` makes it so): the query is made channels-last here.
+
     Args:
         query: B x 3 x H x W.
         support: B x K x 3 x H x W.
         separate_forwards, identity_penalty: Of ``RegAD.registration_loss`` (``RegADConfig``'s
             ``separate_forwards`` and ``stn_identity_penalty``).
     """
+    query = query.contiguous(memory_format=torch.channels_last)  # B x 3 x H x W, for the channels-last network
     loss = model.registration_loss(query, support, separate_forwards=separate_forwards, identity_penalty=identity_penalty)
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
@@ -200,7 +203,7 @@ def train_regad(
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
         for batch in bar:
             pool = images[batch.category]
-            query = as_float(pool[batch.queries]).to(device, memory_format=torch.channels_last)  # B x 3 x H x W
+            query = as_float(pool[batch.queries]).to(device)  # B x 3 x H x W
             support = as_float(pool[batch.supports]).to(device)  # B x K x 3 x H x W
             losses.append(training_step(model, optimizers, query, support, config.separate_forwards, config.stn_identity_penalty))
             seen += len(batch.queries) * (1 + batch.supports.shape[1])
