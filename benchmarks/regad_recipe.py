@@ -67,17 +67,17 @@ def read_runs(roots: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
 # The methods of the full table, in order; an honest variant's runs are renamed into the last two.
 FULL_METHODS = ("untrained", "regad", "regad_test_selected", "honest", "honest_test_selected")
 HONEST_NAMES = {"regad": "honest", "regad_test_selected": "honest_test_selected"}
-DIFFERENCES = [("regad", "untrained", "official recipe, trained (last epoch) - untrained"),
-               ("regad_test_selected", "regad", "official recipe, selection inflation: best test epoch - last epoch"),
-               ("regad_test_selected", "untrained", "official recipe, best test epoch - untrained"),
+DIFFERENCES = [("regad", "untrained", "{recipe}, trained (last epoch) - untrained"),
+               ("regad_test_selected", "regad", "{recipe}, selection inflation: best test epoch - last epoch"),
+               ("regad_test_selected", "untrained", "{recipe}, best test epoch - untrained"),
                ("honest", "untrained", "honest variant (last epoch) - untrained"),
-               ("honest", "regad", "honest variant - official recipe, both last epoch"),
+               ("honest", "regad", "honest variant - {recipe}, both last epoch"),
                ("honest_test_selected", "honest", "honest variant, selection inflation")]
 
 
-def full_table(results: pd.DataFrame) -> str:
+def full_table(results: pd.DataFrame, recipe: str) -> str:
     """Per fully evaluated seed: (method, category) x K tables with the category mean, and the
-    differences of the means in points; with an honest variant, a second table on the categories it has."""
+    differences of the category means in points, paired by support set; with an honest variant, a second table on the categories it has."""
     full = results[results.groupby("seed")["method"].transform(lambda m: (m == "untrained").any())]  # the fully evaluated seeds
     if full.empty:
         return "(no fully evaluated seed finished)\n"
@@ -85,18 +85,18 @@ def full_table(results: pd.DataFrame) -> str:
     for seed, part in full.groupby("seed"):
         part = part[part["method"].isin(FULL_METHODS)]
         official = part[~part["method"].isin(HONEST_NAMES.values())]
-        lines += method_table(official, f"Seed {seed}, official recipe")
+        lines += method_table(official, f"Seed {seed}, {recipe}", recipe)
         if len(official) < len(part):
-            lines += method_table(part, f"Seed {seed}, beside the honest variant")
+            lines += method_table(part, f"Seed {seed}, beside the honest variant", recipe)
     return "\n".join(lines)
 
 
-def method_table(part: pd.DataFrame, title: str) -> list[str]:
-    """Lines of one (method, category) x K table and the differences of its category means.
+def method_table(part: pd.DataFrame, title: str, recipe: str) -> list[str]:
+    """Lines of one (method, category) x K table and the differences of its category means, paired by support set.
 
     The category mean averages within each support set, so the table keeps the support sets
     and the categories that every method has."""
-    from fsad.reporting.tables import mean_difference, summarize
+    from fsad.reporting.tables import difference_text, paired_difference
     from fsad.study.comparison import comparison_table, table_markdown
 
     metrics = [m for m in ("image_auroc", "pixel_auroc", "aupro") if m in part.columns]
@@ -106,13 +106,12 @@ def method_table(part: pd.DataFrame, title: str) -> list[str]:
     part = part.assign(order=part["method"].map(FULL_METHODS.index)).sort_values(["order", "category"], kind="stable").drop(columns="order")
     lines = [(f"{title}: {' / '.join(metrics)} in %, mean ± std over the first {n_sets} support sets; "
               f"categories {', '.join(sorted(common))}:"), "", table_markdown(comparison_table(part, metrics, categories=True)), ""]
-    summary = summarize(part, metrics)
     for metric in metrics:
         for method, reference, label in DIFFERENCES:
             if {method, reference} <= set(part["method"]):
-                diff = 100 * mean_difference(summary, metric, method, reference)
-                if diff.notna().any():
-                    lines.append(f"- {metric}, {label}: " + ", ".join(f"K={k}: {v:+.1f}" for k, v in diff.items()))
+                diff = paired_difference(part, metric, method, reference)
+                if not diff.empty:
+                    lines.append(f"- {metric}, {label.format(recipe=recipe)}: {difference_text(diff)}")
     return [*lines, ""]
 
 
@@ -156,9 +155,9 @@ def epoch_table(epochs: pd.DataFrame) -> str:
     return to_markdown(frame) + "\n\n" + note + "\n"
 
 
-def summarise(roots: list[Path], honest: list[Path], figure: Path | None) -> None:
-    """``roots[0]/summary.md``: the full tables (with the honest variant's runs of ``honest`` beside
-    the official recipe's) and the per-epoch tables; the per-epoch figures (``<figure>_honest.png``
+def summarise(roots: list[Path], honest: list[Path], figure: Path | None, recipe: str = "official recipe") -> None:
+    """``roots[0]/summary.md``: the full tables of the runs of ``roots`` (called ``recipe``), with the
+    honest variant's runs of ``honest`` beside them, and the per-epoch tables; the per-epoch figures (``<figure>_honest.png``
     for the honest variant)."""
     from fsad.io import save_figure_atomic
     from fsad.reporting.figures import epoch_curves_figure
@@ -170,7 +169,7 @@ def summarise(roots: list[Path], honest: list[Path], figure: Path | None) -> Non
         results = pd.concat([results, honest_results[honest_results["method"] != "untrained"].replace({"method": HONEST_NAMES})],
                             ignore_index=True)
     text = ["## Full evaluation (last epoch = the model; test-selected = the official protocol's choice, labelled)", "",
-            full_table(results) if not results.empty else "(none yet)", "",
+            full_table(results, recipe) if not results.empty else "(none yet)", "",
             f"## Per epoch, {SUBSET_NOTE} (the first 2 support sets at K = 2), mean ± std across training seeds", "",
             "'set std': std across the support sets at the last epoch, averaged over seeds; 'inflation': best test epoch - last.", "",
             epoch_table(epochs) if not epochs.empty else "(none yet)"]
@@ -207,11 +206,12 @@ def main() -> None:
     parser.add_argument("--n-sets", type=int, help="support sets of the full evaluation (default: the config's n_sets)")
     parser.add_argument("--summary", action="store_true", help="write the tables and figure of what has finished")
     parser.add_argument("--honest", nargs="*", default=[], help="with --summary: runs of an honest variant, tabled beside the official recipe")
+    parser.add_argument("--recipe", default="official recipe", help="with --summary: what the --out runs are called in the tables")
     parser.add_argument("--figure", help="PNG of AUROC and STN statistics against epoch")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.summary:
-        summarise([Path(p) for p in args.out], [Path(p) for p in args.honest], Path(args.figure) if args.figure else None)
+        summarise([Path(p) for p in args.out], [Path(p) for p in args.honest], Path(args.figure) if args.figure else None, args.recipe)
     else:
         run(args)
 

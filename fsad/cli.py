@@ -95,7 +95,7 @@ def _wall_time(out: Path, seconds: float, what: str = "") -> str:
 def cmd_run(args) -> None:
     from fsad.config import ExperimentConfig
     from fsad.io import write_csv_atomic
-    from fsad.reporting.tables import mean_difference, side_by_side, summarize, to_markdown
+    from fsad.reporting.tables import difference_text, paired_difference, side_by_side, summarize, to_markdown
     from fsad.study.experiment import run_experiment
 
     config = ExperimentConfig.from_yaml(args.config)
@@ -110,8 +110,9 @@ def cmd_run(args) -> None:
     print(f"\n{' / '.join(config.metrics)} (%, mean±std over {config.n_sets} support sets)")
     print(to_markdown(side_by_side(summary, config.metrics, methods)))
     if "untrained" in methods:
-        gain = mean_difference(summary, config.metrics[0], "regad", "untrained")
-        print(f"\nregad - untrained, mean {config.metrics[0]}: " + ", ".join(f"K={k}: {100 * d:+.1f}" for k, d in gain.items()))
+        gain = paired_difference(results, config.metrics[0], "regad", "untrained")
+        print(f"\nregad - untrained, mean {config.metrics[0]} (± std over support sets; sets where regad is higher): "
+              + difference_text(gain))
     print(f"\nwall time: {_wall_time(out, time.perf_counter() - tic)}; results in {out}")
 
 

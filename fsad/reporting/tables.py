@@ -73,10 +73,32 @@ def side_by_side(summary: pd.DataFrame, metrics: Sequence[str], methods: Sequenc
     return pd.DataFrame(columns)
 
 
-def mean_difference(summary: pd.DataFrame, metric: str, method: str, reference: str) -> pd.Series:
-    """``method`` minus ``reference`` on the ``mean`` row's ``metric``, per K (in the metric's units)."""
-    means = summary[summary["category"] == MEAN_ROW].pivot(index="shots", columns="method", values=f"{metric}_mean")
-    return means[method] - means[reference]
+def paired_difference(results: pd.DataFrame, metric: str, method: str, reference: str) -> pd.DataFrame:
+    """``method`` minus ``reference`` on the category mean of ``metric``, paired by support set.
+
+    Both methods see the same support sets, so the difference is taken within each set (the
+    category mean first, as in :func:`summarize`'s ``mean`` row): its std across the sets says
+    whether a gain is larger than what the choice of support images does.
+
+    Args:
+        results: One row per (method, category, shots, support_set) with ``metric``.
+
+    Returns:
+        Index shots; columns ``mean``, ``std`` (over the support sets, in the metric's units),
+        ``above`` (sets where ``method`` scores higher) and ``sets`` (sets that both have).
+    """
+    means = results.groupby(["method", "shots", "support_set"])[metric].mean()  # category mean per set
+    diff = (means[method] - means[reference]).dropna()  # (shots, support_set)
+    grouped = diff.groupby(level="shots")
+    return pd.DataFrame({"mean": grouped.mean(), "std": grouped.std(ddof=1).fillna(0.0),
+                         "above": grouped.apply(lambda d: int((d > 0).sum())), "sets": grouped.size()})
+
+
+def difference_text(diff: pd.DataFrame, scale: float = 100.0) -> str:
+    """``K=2: +2.5±1.8 (10/10 sets), ...`` of a :func:`paired_difference` (in %)."""
+    return ", ".join(f"K={k}: {scale * r['mean']:+.1f}±{scale * r['std']:.1f} ({int(r['above'])}/{int(r['sets'])} sets)"
+                     for k, r in diff.iterrows())
+
 
 # ---- Table 1 of the paper: category x K, image / pixel AUROC, optionally beside the paper's numbers.
 

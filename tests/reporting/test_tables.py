@@ -1,9 +1,9 @@
-"""Side-by-side variant tables and the trained-minus-untrained difference."""
+"""Side-by-side variant tables and the trained-minus-untrained difference, paired by support set."""
 
 import pandas as pd
 import pytest
 
-from fsad.reporting.tables import mean_difference, side_by_side, summarize
+from fsad.reporting.tables import difference_text, paired_difference, side_by_side, summarize
 
 
 @pytest.fixture
@@ -26,10 +26,22 @@ def test_side_by_side_puts_each_k_of_every_variant_next_to_each_other(summary):
     assert table.loc["a", "K=2 regad"] == "62.0±2.8" and table.loc["a", "K=2 untrained"] == "52.0±2.8"
 
 
-def test_mean_difference_per_k(summary):
-    gain = mean_difference(summary, "image_auroc", "regad", "untrained")
-    assert list(gain.index) == [2, 4]
-    assert gain.tolist() == pytest.approx([0.1, 0.1])
+def test_paired_difference_per_k():
+    # regad - untrained per support set (category mean first): K=2 sets +0.1, +0.3, -0.1; K=4 +0.2 only
+    rows = []
+    for support_set, gains in enumerate(((0.1, 0.2), (0.3, None), (-0.1, None))):
+        for shots, gain in zip((2, 4), gains):
+            if gain is None:
+                continue
+            for category, base in (("a", 0.5), ("b", 0.7)):
+                rows += [{"method": "untrained", "category": category, "shots": shots, "support_set": support_set, "image_auroc": base},
+                         {"method": "regad", "category": category, "shots": shots, "support_set": support_set, "image_auroc": base + gain}]
+    diff = paired_difference(pd.DataFrame(rows), "image_auroc", "regad", "untrained")
+    assert list(diff.index) == [2, 4]
+    assert diff["mean"].tolist() == pytest.approx([0.1, 0.2])
+    assert diff.loc[2, "std"] == pytest.approx(0.2) and diff.loc[4, "std"] == 0.0  # one set: no spread
+    assert diff["above"].tolist() == [2, 1] and diff["sets"].tolist() == [3, 1]
+    assert difference_text(diff) == "K=2: +10.0±20.0 (2/3 sets), K=4: +20.0±0.0 (1/1 sets)"
 
 
 def test_markdown_writes_missing_values_as_a_dash():

@@ -87,9 +87,9 @@ def make_optimizers(model: RegAD, config: RegADConfig):
     """The official three SGD optimisers (STN + backbone, encoder, predictor) with a cosine
     schedule over the epochs (``config.lr_schedule``); with ``config.stn_lr`` the STN
     parameters are a second parameter group of the first optimiser, at that rate."""
-    backbone = [{"params": list(model.backbone.parameters())}, {"params": list(model.stns.parameters()), "lr": config.stn_lr}]
+    backbone, stns = list(model.backbone.parameters()), list(model.stns.parameters())
     groups = [
-        backbone if config.stn_lr is not None else [*model.backbone.parameters(), *model.stns.parameters()],
+        [{"params": backbone}, {"params": stns, "lr": config.stn_lr}] if config.stn_lr is not None else backbone + stns,
         list(model.encoder.parameters()),
         list(model.predictor.parameters()),
     ]
