@@ -16,6 +16,11 @@ import pandas as pd
 MEAN_ROW = "mean"
 
 
+def category_mean_per_set(results: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
+    """The category mean of each metric per (method, shots, support_set): one support set's benchmark mean."""
+    return results.groupby(["method", "shots", "support_set"])[list(metrics)].mean()
+
+
 def summarize(results: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
     """Mean and std over support sets per (method, category, shots), plus a ``mean`` category.
 
@@ -28,7 +33,7 @@ def summarize(results: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
     """
     keys = ["method", "category", "shots"]
     per_set = results[[*keys, "support_set", *metrics]]
-    overall = per_set.groupby(["method", "shots", "support_set"], as_index=False)[list(metrics)].mean()
+    overall = category_mean_per_set(per_set, metrics).reset_index()
     overall["category"] = MEAN_ROW
     both = pd.concat([per_set, overall], ignore_index=True)
     grouped = both.groupby(keys, sort=False)[list(metrics)]
@@ -76,9 +81,9 @@ def side_by_side(summary: pd.DataFrame, metrics: Sequence[str], methods: Sequenc
 def paired_difference(results: pd.DataFrame, metric: str, method: str, reference: str) -> pd.DataFrame:
     """``method`` minus ``reference`` on the category mean of ``metric``, paired by support set.
 
-    Both methods see the same support sets, so the difference is taken within each set (the
-    category mean first, as in :func:`summarize`'s ``mean`` row): its std across the sets says
-    whether a gain is larger than what the choice of support images does.
+    Both methods see the same support sets, so the difference is taken within each set, on
+    :func:`category_mean_per_set` (:func:`summarize`'s ``mean`` row): its std across the sets
+    says whether a gain is larger than what the choice of support images does.
 
     Args:
         results: One row per (method, category, shots, support_set) with ``metric``.
@@ -87,7 +92,7 @@ def paired_difference(results: pd.DataFrame, metric: str, method: str, reference
         Index shots; columns ``mean``, ``std`` (over the support sets, in the metric's units),
         ``above`` (sets where ``method`` scores higher) and ``sets`` (sets that both have).
     """
-    means = results.groupby(["method", "shots", "support_set"])[metric].mean()  # category mean per set
+    means = category_mean_per_set(results, [metric])[metric]
     diff = (means[method] - means[reference]).dropna()  # (shots, support_set)
     grouped = diff.groupby(level="shots")
     return pd.DataFrame({"mean": grouped.mean(), "std": grouped.std(ddof=1).fillna(0.0),
