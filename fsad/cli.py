@@ -156,13 +156,13 @@ def cmd_ablate(args) -> None:
 
 
 def cmd_fit(args) -> None:
-    from fsad.product import fit_command
+    from fsad.product.fit import fit_command
 
     fit_command(args.images, args.method, args.model, args.config, args.good, args.out, args.force)
 
 
 def cmd_predict(args) -> None:
-    from fsad.product import predict_command
+    from fsad.product.predict import predict_command
 
     predict_command(args.detector, args.images, args.out, args.masks)
 
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tables-only", action="store_true", help="do not run: write the tables of --out")
     p.set_defaults(func=cmd_ablate)
 
-    from fsad.threshold import THRESHOLD_RULE
+    from fsad.product.threshold import THRESHOLD_RULE
 
     p = sub.add_parser("fit", help="fit a detector on K good images of a new product, with a threshold",
                        description=f"Fit a detector on K good images (K = the images found) and save it.\n\n{THRESHOLD_RULE}",

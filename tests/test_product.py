@@ -15,7 +15,7 @@ from PIL import Image
 
 from fsad.cli import main
 from fsad.methods.registry import load_detector
-from fsad.threshold import Threshold
+from fsad.product.threshold import Threshold
 
 CONFIG = "regad:\n  pretrained: false\n  image_size: 32\n  device: cpu\n"
 

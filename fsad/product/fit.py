@@ -1,0 +1,186 @@
+"""``fsad fit``: a detector folder from K good images, with a threshold from normal images only.
+
+The threshold comes from normal images only, by the rule of ``fsad.product.threshold``
+(leave-one-out scores of the support images, plus the optional ``--good`` images).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from fsad.config import RegADConfig, read_yaml
+from fsad.data.fingerprint import fingerprint
+from fsad.data.mvtec import read_image
+from fsad.methods.base import Detector
+from fsad.methods.registry import DETECTORS, RECORD_FILE, build_detector, is_detector_folder, save_detector
+from fsad.product.images import find_images
+from fsad.product.threshold import MARGIN, THRESHOLD_RULE, Threshold
+
+DEFAULT_METHOD = "padim_views"
+
+
+def read_settings(path: str | Path | None) -> tuple[RegADConfig, dict[str, Any]]:
+    """RegAD settings and method options from a YAML file.
+
+    The file is either a ``regad:`` section (plus an optional ``options:`` section of
+    method options) or a mapping of RegAD settings alone; ``None`` gives the defaults.
+    """
+    if path is None:
+        return RegADConfig(), {}
+    path = Path(path)
+    data = read_yaml(path) or {}
+    if not isinstance(data, dict):
+        # ValueError, not TypeError: the CLI reports ValueErrors as one-line user errors.
+        raise ValueError(f"fsad fit: {path} must hold a mapping (a regad: section or RegAD settings)")  # noqa: TRY004
+    if "regad" not in data and "options" not in data:
+        return RegADConfig.from_dict(data, source=str(path)), {}
+    unknown = sorted(set(data) - {"regad", "options"})
+    if unknown:
+        raise ValueError(f"fsad fit: {path} has unknown section(s) {unknown}; known: regad, options")
+    return RegADConfig.from_dict(data.get("regad") or {}, source=f"{path}: regad"), dict(data.get("options") or {})
+
+
+def _read(paths: Sequence[Path], size: int) -> torch.Tensor:
+    """N x 3 x size x size float images; an unreadable file is an error naming it."""
+    return torch.stack([read_image(p, size) for p in paths])
+
+
+def _fingerprint(paths: Sequence[Path]) -> str:
+    return fingerprint([Path(os.path.abspath(p)) for p in paths])
+
+
+def _recipe(record: dict[str, Any]) -> dict[str, Any]:
+    """What makes a detector folder what it is: method, settings, and the files it was fitted from."""
+    return {"method": record.get("method"), "settings": record.get("settings"),
+            **{k: (record.get(k) or {}).get("fingerprint") for k in ("support", "good", "model")}}
+
+
+def _check_out(out: Path, recipe: dict[str, Any], force: bool) -> None:
+    """Refuse an --out that holds something else than this detector (another one only without --force)."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ValueError(f"fsad fit: --out {out} is a file; choose a folder")
+    if not any(out.iterdir()):
+        return
+    if not is_detector_folder(out):
+        raise ValueError(f"fsad fit: --out {out} holds files that are not a detector (no detector.pt); "
+                         "choose an empty or new folder (fit replaces the whole folder)")
+    try:
+        saved = _recipe(json.loads((out / RECORD_FILE).read_text()))
+    except (OSError, ValueError):
+        saved = {}
+    changed = [k for k in recipe if saved.get(k) != recipe[k]]
+    if changed and not force:
+        raise ValueError(f"fsad fit: --out {out} holds a detector made from other {', '.join(changed)}; "
+                         "pass --force to replace it, or choose another --out")
+
+
+@torch.no_grad()
+def fit_with_reference(detector: Detector, support: torch.Tensor, good: torch.Tensor | None = None,
+                       leave_one_out: bool = True, progress: bool = False) -> dict[str, Any]:
+    """Fit ``detector`` on all K support images and return the normal reference scores of the threshold rule.
+
+    Args:
+        support: K x 3 x S x S images; with ``leave_one_out`` each is scored by the detector
+            fitted on the other K - 1 first (K extra fits).
+        good: G x 3 x S x S extra good images, scored by the detector fitted on all K.
+
+    Returns:
+        ``leave_one_out`` (K image scores or none), ``good`` (G image scores), and over
+        both: ``image`` (image scores) and ``map_max`` (each map's maximum), as arrays.
+    """
+    k = len(support)
+    image, map_max, loo = [], [], []
+    bar = tqdm(range(k if leave_one_out else 0), desc=f"{detector.name} leave-one-out", leave=False,
+               disable=True if not progress or k < 4 else None)
+    for held in bar:
+        detector.fit(torch.cat([support[:held], support[held + 1 :]]))  # (K - 1) x 3 x S x S
+        scores = detector.predict(support[held : held + 1])
+        loo.append(float(scores.image[0]))
+        map_max.append(float(scores.maps[0].max()))
+    image += loo
+    detector.fit(support)  # last: the detector that is saved is fitted on all K
+    good_scores = []
+    if good is not None and len(good):
+        scores = detector.predict(good)
+        good_scores = scores.image.tolist()
+        image += good_scores
+        map_max += scores.maps.flatten(1).amax(dim=1).tolist()
+    return {"leave_one_out": loo, "good": good_scores, "image": np.array(image), "map_max": np.array(map_max)}
+
+
+@torch.no_grad()
+def fit_product(images: Sequence[str | Path], method: str, regad: RegADConfig, options: dict[str, Any] | None = None,
+                model_path: Path | None = None, good: Sequence[str | Path] = (), out: Path = Path("detector"),
+                force: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Fit ``method`` on the K images of ``images``, set the threshold, save the detector folder ``out``.
+
+    Args:
+        images: Support image files or folders (K = the number of images found).
+        method, regad, options, model_path: As ``fsad.methods.registry.build_detector``.
+        good: Extra good images (files or folders) for the threshold only.
+        out: The detector folder to write (replaced as a whole).
+        force: Replace a detector of other images or settings in ``out``.
+
+    Returns:
+        The record written to ``out/detector.json``.
+
+    Raises:
+        FileNotFoundError, ValueError: every check below runs before any fitting.
+    """
+    out, options = Path(out), dict(options or {})
+    support = find_images(images)
+    extra = find_images(good) if good else []
+    k = len(support)
+    if model_path is not None and method in DETECTORS and DETECTORS[method].model_file is None:
+        raise ValueError(f"fsad fit: {method} uses no trained model file; drop --model {model_path}")
+    detector = build_detector(method, regad, options, model_path)
+    if k < detector.min_support:
+        raise ValueError(f"fsad fit: {method} needs K >= {detector.min_support} support images, got {k}"
+                         + ("; use padim_views (22 views per image) for K = 1" if method == "padim" else ""))
+    leave_one_out = k - 1 >= detector.min_support
+    if not leave_one_out and not extra:
+        raise ValueError(f"fsad fit: with K = {k} {method} has no leave-one-out score to set the threshold "
+                         f"(it needs K >= {detector.min_support + 1}); add good images with --good DIR")
+    record: dict[str, Any] = {
+        "support": {"count": k, "images": [str(p) for p, _ in support], "fingerprint": _fingerprint([p for p, _ in support])},
+        "good": {"count": len(extra), "images": [str(p) for p, _ in extra],
+                 "fingerprint": _fingerprint([p for p, _ in extra]) if extra else None},
+        "model": {"path": str(model_path), "fingerprint": _fingerprint([Path(model_path)])} if model_path else None,
+    }
+    _check_out(out, _recipe({"method": method, "settings": {"regad": regad.to_dict(), "options": options}, **record}), force)
+
+    size = regad.image_size
+    support_images = _read([p for p, _ in support], size)  # K x 3 x S x S
+    extra_images = _read([p for p, _ in extra], size) if extra else None  # G x 3 x S x S
+    reference = fit_with_reference(detector, support_images, extra_images, leave_one_out, progress)
+    threshold = Threshold.from_reference(reference["image"], reference["map_max"])
+    record["threshold"] = {"rule": THRESHOLD_RULE.replace("\n", " "), "margin": MARGIN, **asdict(threshold),
+                           "leave_one_out_scores": reference["leave_one_out"], "good_scores": reference["good"]}
+    save_detector(out, detector, regad, options, record)
+    return record
+
+
+def fit_command(images: Sequence[str], method: str | None, model: str | None, config: str | None, good: Sequence[str],
+                out: str, force: bool) -> None:
+    """``fsad fit``: fit, then print where the detector went and its threshold."""
+    regad, options = read_settings(config)
+    method = method or DEFAULT_METHOD
+    tic = time.perf_counter()
+    record = fit_product(images, method, regad, options, Path(model) if model else None, good or (), Path(out), force)
+    threshold = record["threshold"]
+    print(f"{method} fitted on K = {record['support']['count']} images ({regad.image_size} px, "
+          f"{len(threshold['leave_one_out_scores'])} leave-one-out + {len(threshold['good_scores'])} good reference scores): "
+          f"image threshold {threshold['image']:.4g}, pixel threshold {threshold['pixel']:.4g}")
+    print(f"detector: {Path(out)} ({RECORD_FILE} says what made it); {time.perf_counter() - tic:.1f} s")
