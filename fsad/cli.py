@@ -54,11 +54,15 @@ def cmd_train(args) -> None:
 
 
 def _results_folder(args) -> Path | None:
-    """The output folder of a command: ``--out``, else ``runs/<config name>`` for a config-driven one."""
+    """The output folder of a command: ``--out``, else ``runs/<config name>`` for a config-driven one.
+
+    Relative to the current directory, like every path a user types (``--config``, ``dataset``),
+    not to the checkout: an installed fsad has none.
+    """
     if getattr(args, "out", None):
         return Path(args.out)
     config = getattr(args, "config", None)
-    return ROOT / "runs" / Path(config).stem if config and args.command in ("run", "compare", "ablate") else None
+    return Path("runs") / Path(config).stem if config and args.command in ("run", "compare", "ablate") else None
 
 
 def _checked(args, config, training: bool = True) -> bool:
@@ -68,7 +72,7 @@ def _checked(args, config, training: bool = True) -> bool:
     from fsad.study.experiment import resolve_dataset
     from fsad.study.preflight import preflight
 
-    checked = preflight(resolve_dataset(config.dataset), config.categories, config.shots, config.metrics, config.regad.device,
+    checked = preflight(resolve_dataset(config.dataset), config.categories, config.required_shots, config.metrics, config.regad.device,
                         training=training)
     print(f"{args.config}: config and data OK ({checked.root}: targets {', '.join(checked.targets)}; "
           f"K = {', '.join(map(str, config.shots))}; {config.n_sets} support sets each); nothing was run")
@@ -169,7 +173,7 @@ def cmd_predict(args) -> None:
 
 def _study_arguments(p: argparse.ArgumentParser) -> None:
     """What ``run``, ``compare`` and ``ablate`` share: where results go and the dry run."""
-    p.add_argument("--out", help="output folder (default: runs/<config name>)")
+    p.add_argument("--out", help="output folder (default: runs/<config name> in the current directory)")
     p.add_argument("--force", action="store_true", help="reuse an output folder made by another config")
     p.add_argument("--check", action="store_true", help="only validate the config and the data set (seconds), run nothing")
 

@@ -25,12 +25,13 @@ Example:
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
 from fsad.paths import DTD_MINI_DIR
@@ -47,6 +48,22 @@ class ConfigError(ValueError):
 def _listed(value: Any) -> Any:
     """A scalar where a list belongs is a one-element list (``shots: 2`` means ``[2]``)."""
     return [value] if isinstance(value, (str, int, float, bool)) else value
+
+
+def _problem_at(text: str, *at: str | int) -> PydanticCustomError:
+    """A problem found by a validator; ``at`` extends its key path (``2`` under ``categories`` -> ``categories[2]``)."""
+    return PydanticCustomError("setting", "{text}", {"text": text, "at": at})
+
+
+def _once_each(values: tuple) -> tuple:
+    """Refuse a repeated entry: each is run once, and a repeat would count twice in the means."""
+    seen: set = set()
+    for index, value in enumerate(values):
+        key = unicodedata.normalize("NFC", value) if isinstance(value, str) else value  # category names compare in NFC
+        if key in seen:
+            raise _problem_at(f"{value!r} listed twice; list each once", index)
+        seen.add(key)
+    return values
 
 
 def names(what: str, known: Callable[[], Iterable[str]]) -> AfterValidator:
@@ -117,9 +134,9 @@ Device = Annotated[str, AfterValidator(_device)]
 Metric = Annotated[str, names("metric", _metric_names)]
 Method = Annotated[str, names("method", _method_names)]
 Shots = Annotated[tuple[Positive, ...], BeforeValidator(_listed), Field(min_length=1)]
-Categories = Annotated[tuple[Name, ...], BeforeValidator(_listed), Field(min_length=1)]
-Metrics = Annotated[tuple[Metric, ...], BeforeValidator(_listed), Field(min_length=1)]
-Methods = Annotated[tuple[Method, ...], BeforeValidator(_listed), Field(min_length=1)]
+Categories = Annotated[tuple[Name, ...], BeforeValidator(_listed), Field(min_length=1), AfterValidator(_once_each)]
+Metrics = Annotated[tuple[Metric, ...], BeforeValidator(_listed), Field(min_length=1), AfterValidator(_once_each)]
+Methods = Annotated[tuple[Method, ...], BeforeValidator(_listed), Field(min_length=1), AfterValidator(_once_each)]
 # The ablations always train ``no_stn``: "none" is not one of their STN-mode variants.
 StnModes = Annotated[tuple[Annotated[str, names("STN mode", _stn_modes)], ...], BeforeValidator(_listed)]
 KSweep = Annotated[tuple[Positive, ...], BeforeValidator(_listed)]
@@ -151,7 +168,7 @@ def _model_at(model: type[BaseModel], loc: tuple[str | int, ...]) -> type[BaseMo
 
 def _problem(error: dict[str, Any]) -> str:
     kind, value, ctx = error["type"], error["input"], error.get("ctx", {})
-    if kind == "choice":
+    if kind in ("choice", "setting"):
         return error["msg"]
     if kind == "int_from_float":
         return f"{value!r} is not an integer"
@@ -176,7 +193,7 @@ def describe(error: ValidationError, model: type[BaseModel], source: str, at: st
     """One line per problem of ``error``: ``<source>: <dotted key>: <problem>``; unknown keys list the known ones."""
     lines = []
     for item in error.errors(include_url=False):
-        key = _dotted(at, item["loc"])
+        key = _dotted(at, (*item["loc"], *item.get("ctx", {}).get("at", ())))
         if item["type"] == "extra_forbidden":
             known = sorted(_model_at(model, item["loc"][:-1]).model_fields)
             lines.append(f"{source}: unknown key {key!r}; known: {known}")
@@ -441,6 +458,11 @@ class StudyConfig(Settings):
     metrics: Metrics = ("image_auroc", "pixel_auroc", "aupro")
     regad: RegADConfig = Field(default_factory=RegADConfig)
 
+    @property
+    def required_shots(self) -> tuple[int, ...]:
+        """The K every target must serve (``fsad.study.preflight``)."""
+        return self.shots
+
 
 class ExperimentConfig(StudyConfig):
     """One RegAD benchmark (``fsad run``, ``fsad.study.experiment``): the ``StudyConfig`` fields and these.
@@ -457,8 +479,9 @@ class ExperimentConfig(StudyConfig):
             model: loss, image / pixel AUROC, the STNs' median |rotation| and determinant per
             stage. Nothing is selected: the last epoch's weights are the model. Costs one
             evaluation of ``diagnostic_sets`` support sets per epoch.
-        diagnostic_shots: K of the per-epoch support sets.
-        diagnostic_sets: How many of the target's support sets of that K (the first ones).
+        diagnostic_shots: K of the per-epoch support sets; drawn like the study's sets, and the
+            same sets when it is one of ``shots``.
+        diagnostic_sets: How many support sets of that K (the first ones of the draw).
         test_selected: Also keep the weights of the epoch with the best per-epoch image + pixel
             AUROC (the official protocol's TEST-SET selection, ``train.py`` 94-142) and score
             them as method ``regad_test_selected``, to measure what that selection adds. Needs
@@ -473,6 +496,17 @@ class ExperimentConfig(StudyConfig):
     diagnostic_shots: Positive = 2
     diagnostic_sets: Positive = 2
     test_selected: bool = False
+
+    @model_validator(mode="after")
+    def _selection_reads_the_diagnostics(self) -> Self:
+        if self.test_selected and not self.epoch_diagnostics:
+            raise _problem_at("true needs epoch_diagnostics: true (the selection reads the per-epoch scores)", "test_selected")
+        return self
+
+    @property
+    def required_shots(self) -> tuple[int, ...]:
+        """``shots``, and ``diagnostic_shots`` when the diagnostics run."""
+        return tuple(sorted({*self.shots, *([self.diagnostic_shots] if self.epoch_diagnostics else [])}))
 
 
 def _default_methods() -> tuple[str, ...]:

@@ -179,3 +179,23 @@ def test_a_missing_key_or_section_of_params_yaml_is_named(tmp_path):
     path.write_text(yaml.safe_dump(values))
     assert refused(section, "support", path) == f"{path}: support.seed: missing; this file must set it"
     assert refused(section, "report", path) == f"{path}: the 'report' section is missing"
+
+
+@pytest.mark.parametrize(("model", "values", "line"), [
+    (ExperimentConfig, {"categories": ["disc", "ring", "disc"]}, "x.yaml: categories[2]: 'disc' listed twice; list each once"),
+    (ExperimentConfig, {"categories": ["disqu\u00e9", "disque\u0301"]}, "x.yaml: categories[1]: 'disque\u0301' listed twice"),
+    (ComparisonConfig, {"methods": ["padim", "spade", "padim"]}, "x.yaml: methods[2]: 'padim' listed twice"),
+    (AblationConfig, {"metrics": ["image_auroc", "image_auroc"]}, "x.yaml: metrics[1]: 'image_auroc' listed twice"),
+])
+def test_a_name_listed_twice_is_refused_naming_its_place(model, values, line):
+    assert refused(model.from_dict, values, source="x.yaml").startswith(line)
+
+
+def test_test_selection_without_the_diagnostics_is_refused_when_read():
+    message = refused(ExperimentConfig.from_dict, {"test_selected": True}, source="x.yaml")
+    assert message == "x.yaml: test_selected: true needs epoch_diagnostics: true (the selection reads the per-epoch scores)"
+
+
+def test_the_diagnostic_k_is_one_of_the_k_to_draw():
+    assert ExperimentConfig(shots=[4], epoch_diagnostics=True, diagnostic_shots=2).required_shots == (2, 4)
+    assert ExperimentConfig(shots=[4], diagnostic_shots=2).required_shots == (4,)  # no diagnostics: not drawn

@@ -21,6 +21,12 @@ def category_mean_per_set(results: pd.DataFrame, metrics: Sequence[str]) -> pd.D
     return results.groupby(["method", "shots", "support_set"])[list(metrics)].mean()
 
 
+def row_order(categories: Sequence[str]) -> list[str]:
+    """The rows of a category table: each category, then ``mean``; a single category is its own mean, shown once."""
+    names = [c for c in dict.fromkeys(categories) if c != MEAN_ROW]
+    return names + [MEAN_ROW] if len(names) > 1 else names
+
+
 def summarize(results: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
     """Mean and std over support sets per (method, category, shots), plus a ``mean`` category.
 
@@ -42,7 +48,8 @@ def summarize(results: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
 
 
 def pivot_text(summary: pd.DataFrame, metrics: Sequence[str], method: str, scale: float = 100.0) -> pd.DataFrame:
-    """Category rows x K columns of ``"m1 +- s1 / m2 +- s2"`` strings (in %) for one method."""
+    """Category rows x K columns of ``"m1 +- s1 / m2 +- s2"`` strings (in %) for one method, ``mean`` last
+    (:func:`row_order`: no ``mean`` row for a single category)."""
     part = summary[summary["method"] == method]
 
     def cell(row) -> str:
@@ -54,8 +61,7 @@ def pivot_text(summary: pd.DataFrame, metrics: Sequence[str], method: str, scale
 
     text = part.assign(cell=part.apply(cell, axis=1))
     table = text.pivot(index="category", columns="shots", values="cell")
-    order = [c for c in dict.fromkeys(part["category"]) if c != MEAN_ROW] + [MEAN_ROW]
-    table = table.loc[order]
+    table = table.loc[row_order(part["category"])]
     table.columns = [f"K={k}" for k in table.columns]
     return table
 
@@ -154,10 +160,10 @@ def table1_wide(long: pd.DataFrame) -> pd.DataFrame:
     """Category rows x (``K=k``, field) columns of text cells, the paper's layout.
 
     Fields per K and metric: ``image`` (``mean±std``), and when ``long`` has paper numbers
-    also ``image paper`` and ``image Δ``. The ``mean`` row comes last.
+    also ``image paper`` and ``image Δ``. The ``mean`` row comes last (none for a single category).
     """
     with_paper = "paper" in long
-    order = [c for c in dict.fromkeys(long["category"]) if c != MEAN_ROW] + [MEAN_ROW]
+    order = row_order(long["category"])
     columns: dict[tuple[str, str], dict[str, str]] = {}
     for shots in sorted(long["shots"].unique()):
         for metric in dict.fromkeys(long["metric"]):

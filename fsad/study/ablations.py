@@ -48,7 +48,7 @@ from fsad.methods.regad.network import RegAD
 from fsad.methods.regad.stn import NO_STN
 from fsad.methods.regad.training import MODEL_NAME
 from fsad.reporting.tables import MEAN_ROW, summarize
-from fsad.study.comparison import comparison_table, table_markdown
+from fsad.study.comparison import comparison_table, result_sections, settings_section
 from fsad.study.evaluation import TestSet, evaluate_detector
 from fsad.study.experiment import resolve_dataset
 from fsad.study.models import leave_one_out_regad
@@ -126,7 +126,8 @@ def _support_sets(category, config: AblationConfig, shots: Sequence[int], out_di
 
 
 def run_ablations(config: AblationConfig, out_dir: Path, models_dir: Path | None = None, progress: bool = True) -> pd.DataFrame:
-    """Score every variant on every target category; write ``out_dir/results.csv``.
+    """Score every variant on every target category; write ``out_dir/results.csv`` (metrics only: identical
+    runs write identical files) and ``timings.csv`` (fitting and scoring seconds per variant and category).
 
     Models are trained (resumably) under ``models_dir/<stn mode>/<category>/``
     (``None``: ``out_dir/models``).
@@ -147,7 +148,7 @@ def run_ablations(config: AblationConfig, out_dir: Path, models_dir: Path | None
         others = [c for name, c in checked.categories.items() if name != target]
         data[target] = category, _support_sets(category, config, shots, out_dir), others, TestSet.load(category, size)
     models: dict[tuple, RegAD] = {}
-    rows = []
+    rows, timings = [], []
     # Variant by variant, every category each, results.csv rewritten after each: a run cut
     # short still has whole variants, the default and the cheap ones first.
     for variant in variants:
@@ -165,8 +166,10 @@ def run_ablations(config: AblationConfig, out_dir: Path, models_dir: Path | None
                          if row["method"] == default and row["category"] == target and row["shots"] in config.shots]
             run = evaluate_detector(method, category, scored, test, config.metrics, progress=progress)
             rows += [{**row, "stn_mode": variant.settings(config.regad).stn_mode} for row in run.rows]
+            timings.append({"method": variant.name, "category": target, **run.seconds})
             log.info("%s %s done", target, variant.name)
         write_csv_atomic(out_dir / "results.csv", pd.DataFrame(rows))
+        write_csv_atomic(out_dir / "timings.csv", pd.DataFrame(timings))
     return pd.DataFrame(rows)
 
 
@@ -208,16 +211,18 @@ def plot_ablations(results: pd.DataFrame, metric: str = "image_auroc", path: Pat
 
 
 def write_report(config: AblationConfig, out_dir: Path) -> str:
-    """``out_dir/table.md`` (variants x K, category mean and per category, wall time) and ``ablations.png``; returns the text."""
+    """``out_dir/table.md`` (variants x K, category mean and per category, wall time, settings) and ``ablations.png``; returns the text."""
     out_dir = Path(out_dir)
+    if not (out_dir / "results.csv").is_file():
+        raise FileNotFoundError(f"{out_dir / 'results.csv'} does not exist: no results of these settings to tabulate; "
+                                "run `fsad ablate` without --tables-only first")
     results = pd.read_csv(out_dir / "results.csv")
     plot_ablations(results, "image_auroc", out_dir / "ablations.png")
-    parts = [f"settings: {config.to_dict()}",
-             f"metrics per cell: {' / '.join(config.metrics)} (%), mean ± std over support sets",
-             "## category mean\n" + table_markdown(ablation_table(results, config.metrics)),
-             "## per category\n" + table_markdown(ablation_table(results, config.metrics, categories=True))]
+    parts = [f"metrics per cell: {' / '.join(config.metrics)} (%), mean ± std over support sets",
+             *result_sections(lambda categories: ablation_table(results, config.metrics, categories), list(results["category"]))]
     if (out_dir / "wall_time.txt").is_file():
         parts.append("## wall time\n" + (out_dir / "wall_time.txt").read_text().strip())
+    parts.append(settings_section(config))
     text = "\n\n".join(parts)
     write_text_atomic(out_dir / "table.md", text + "\n")
     return text

@@ -12,9 +12,10 @@ on its largest-K first support set and scores ``cost_images`` test images from r
 (embedding included), in a fresh process per method (``measure_cost``); ``run_costs``
 does only that, to time every method back to back on an idle machine.
 
-Outputs in ``out_dir``: ``results.csv`` (method, category, shots, support_set, metrics),
-``costs.csv``, ``training.csv`` (training time, and for ResAD where its anomalies came
-from) and ``examples.pt`` (every method's map of one defective test image of the first
+Outputs in ``out_dir``: ``results.csv`` (method, category, shots, support_set, metrics; no
+timings, so identical runs write identical files), ``costs.csv``, ``training.csv`` (training
+seconds, fitting and scoring seconds summed over the support sets, and for ResAD where its
+anomalies came from) and ``examples.pt`` (every method's map of one defective test image of the first
 target with masks, for the figure).
 
 Example:
@@ -33,7 +34,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 
-from fsad.config import ComparisonConfig, resolve_device
+from fsad.config import ComparisonConfig, StudyConfig, resolve_device
 from fsad.data.loading import load_images
 from fsad.data.mvtec import Category
 from fsad.data.support_sets import support_samples, support_sets_for
@@ -291,7 +293,7 @@ def run_comparison(config: ComparisonConfig, out_dir: Path, models_dir: Path | N
         progress: Show tqdm bars.
 
     Returns:
-        One row per (method, category, K, support set): the metrics, fit and scoring seconds.
+        One row per (method, category, K, support set): the metrics.
     """
     out_dir, models_dir, checked, support_dir = _folders(config, out_dir, models_dir)
     targets = checked.targets
@@ -315,9 +317,10 @@ def run_comparison(config: ComparisonConfig, out_dir: Path, models_dir: Path | N
             ctx = Context(config, category, others, models_dir, progress)
             tic = time.perf_counter()
             method = build_method(ctx, name)
-            training.append({"method": name, "category": target, "train_seconds": time.perf_counter() - tic, **ctx.notes})
+            train_seconds = time.perf_counter() - tic
             run = evaluate_detector(method, category, sets, test, config.metrics, keep=[largest] if target == shown else [],
                                     progress=progress)
+            training.append({"method": name, "category": target, "train_seconds": train_seconds, **run.seconds, **ctx.notes})
             rows += run.rows
             if largest in run.kept:
                 examples["maps"][name] = run.kept[largest].maps[example]
@@ -343,13 +346,14 @@ def comparison_table(results: pd.DataFrame, metrics: Sequence[str], categories: 
     Args:
         results: ``run_comparison`` rows.
         metrics: Metrics shown in every cell, in order.
-        categories: One row per category under each method (else only the category mean).
+        categories: One row per category under each method (else only the category mean: for a
+            single category, its own row).
     """
     summary = summarize(results, metrics)
     parts = []
     for method in dict.fromkeys(results["method"]):
         table = pivot_text(summary, metrics, method)
-        parts.append(table if categories else table.loc[["mean"]])
+        parts.append(table if categories else table.iloc[[-1]])  # the mean comes last
     table = pd.concat(parts, keys=list(dict.fromkeys(results["method"])), names=["method", "category"])
     return table[sorted(table.columns, key=lambda c: int(c.removeprefix("K=")))]  # methods may differ in K
 
@@ -357,6 +361,23 @@ def comparison_table(results: pd.DataFrame, metrics: Sequence[str], categories: 
 def table_markdown(table: pd.DataFrame) -> str:
     """A ``comparison_table`` as Markdown, its (method, category) rows written ``method · category``."""
     return to_markdown(table.set_axis([" · ".join(map(str, i)) if isinstance(i, tuple) else str(i) for i in table.index]))
+
+
+def result_sections(table: Callable[[bool], pd.DataFrame], categories: Sequence[str]) -> list[str]:
+    """A report's Markdown sections of results: the category mean and each category, or one section for one category.
+
+    Args:
+        table: ``categories -> table`` (``comparison_table`` of the results, or ``ablation_table``).
+        categories: The categories in the results.
+    """
+    if len(set(categories)) == 1:
+        return [f"## {categories[0]}\n" + table_markdown(table(False))]
+    return ["## category mean\n" + table_markdown(table(False)), "## per category\n" + table_markdown(table(True))]
+
+
+def settings_section(config: StudyConfig) -> str:
+    """The settings of a report, as the YAML of a config file (last: the tables come first)."""
+    return "## settings\n```yaml\n" + yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=None) + "```"
 
 
 def cost_table(costs: pd.DataFrame) -> pd.DataFrame:
@@ -418,7 +439,7 @@ def read_runs(folders: Sequence[Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.D
 
 
 def write_report(config: ComparisonConfig, out_dir: Path, include: Sequence[Path] = ()) -> str:
-    """``out_dir/table.md`` (category mean, per category, costs, training, wall time) and ``example_maps.png``.
+    """``out_dir/table.md`` (category mean, per category, costs, training, wall time, settings) and ``example_maps.png``.
 
     Runs in ``include`` (other methods on the same support sets) are merged into the tables.
     Returns the Markdown text.
@@ -427,21 +448,21 @@ def write_report(config: ComparisonConfig, out_dir: Path, include: Sequence[Path
     results, costs, training, examples = read_runs(folders)
     if examples:
         plot_example_maps(examples, Path(out_dir) / "example_maps.png")
-    parts = [f"settings: {config.to_dict()}",
-             f"metrics per cell: {' / '.join(config.metrics)} (%), mean ± std over support sets"]
+    parts = [f"metrics per cell: {' / '.join(config.metrics)} (%), mean ± std over support sets"]
     if len(results):
-        parts += ["## category mean\n" + table_markdown(comparison_table(results, config.metrics)),
-                  "## per category\n" + table_markdown(comparison_table(results, config.metrics, categories=True))]
+        parts += result_sections(lambda categories: comparison_table(results, config.metrics, categories), list(results["category"]))
     if len(costs):
         parts.append("## costs (first category, largest K)\n" + to_markdown(cost_table(costs)))
     if len(training):
-        parts.append("## training\n" + to_markdown(training.set_index("method")))
+        parts.append("## training\n" + to_markdown(training.set_index("method").round(2)))
     walls = [f"- {f}: {(f / 'wall_time.txt').read_text().strip()}" for f in folders if (f / "wall_time.txt").is_file()]
     if walls:
         parts.append("## wall time\n" + "\n".join(walls))
+    parts.append(settings_section(config))
     text = "\n\n".join(parts)
     write_text_atomic(Path(out_dir) / "table.md", text + "\n")
     return text
 
-__all__ = ["DEFAULT_METHODS", "build_method", "MemoryMonitor", "comparison_table", "cost_table",
-           "load_examples", "read_runs", "write_report", "plot_example_maps", "run_comparison", "run_costs", "table_markdown"]
+__all__ = ["DEFAULT_METHODS", "build_method", "MemoryMonitor", "comparison_table", "cost_table", "load_examples", "read_runs",
+           "result_sections", "settings_section", "write_report", "plot_example_maps", "run_comparison", "run_costs",
+           "table_markdown"]

@@ -79,12 +79,15 @@ class Evaluated:
 
     Attributes:
         rows: One dict per (K, support set): method, category, shots, support_set, each
-            metric, fit_seconds, predict_seconds.
+            metric. No timings: two identical runs give identical rows (results.csv).
         kept: ``(K, set) -> Scores`` of the support sets the caller asked to keep.
+        seconds: ``fit_seconds`` and ``predict_seconds`` summed over the support sets (the
+            studies' timings.csv / training.csv).
     """
 
     rows: list[dict]
     kept: dict[tuple[int, int], Scores]
+    seconds: dict[str, float]
 
 
 def evaluate_detector(
@@ -109,7 +112,7 @@ def evaluate_detector(
     """
     size = test.images.shape[-1]
     embedded = None if detector.embedding_depends_on_support else detector.embed(test.images)
-    rows, kept = [], {}
+    rows, kept, seconds = [], {}, {"fit_seconds": 0.0, "predict_seconds": 0.0}
     jobs = [(k, i, paths) for k in sorted(support_sets) for i, paths in enumerate(support_sets[k])]
     for k, i, paths in tqdm(jobs, desc=f"{detector.name} {category.name}", disable=not progress, leave=False):
         support = load_images(support_samples(category, paths), size)  # K x 3 x S x S
@@ -118,12 +121,13 @@ def evaluate_detector(
         fitted = time.perf_counter()
         scores = detector.predict(test.images) if embedded is None else detector.predict_embedded(embedded)
         predicted = time.perf_counter()  # before the metrics: predict_seconds times the detector alone
+        seconds["fit_seconds"] += fitted - tic
+        seconds["predict_seconds"] += predicted - fitted
         rows.append({"method": detector.name, "category": category.name, "shots": k, "support_set": i,
-                     **metrics_of(scores, test, metrics),
-                     "fit_seconds": fitted - tic, "predict_seconds": predicted - fitted})
+                     **metrics_of(scores, test, metrics)})
         if (k, i) in keep:
             kept[(k, i)] = scores
-    return Evaluated(rows, kept)
+    return Evaluated(rows, kept, seconds)
 
 
 def per_image_scores(scores: Scores, test: TestSet) -> dict[str, np.ndarray]:

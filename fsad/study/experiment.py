@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fsad.config import ConfigError, ExperimentConfig
+from fsad.config import ExperimentConfig
 from fsad.data.elpv import build_elpv_dataset
 from fsad.data.support_sets import support_sets_for
 from fsad.data.toy import make_toy_dataset
@@ -67,23 +67,26 @@ def resolve_dataset(name: str, base: Path | None = None) -> Path:
 def run_experiment(config: ExperimentConfig, out_dir: Path, progress: bool = True) -> pd.DataFrame:
     """Train (leave one out) and evaluate every target category; write ``results.csv`` after each.
 
+    ``results.csv`` holds the metrics only, so two identical runs write the same bytes; the
+    wall-clock times (training, evaluation, and within it fitting and scoring, per category,
+    method and model) go to ``timings.csv``.
+
     Returns:
         One row per (method, category, K, support set) with the metrics; ``method`` is
         ``regad`` or ``untrained``.
     """
     out_dir = Path(out_dir)
-    if config.epoch_diagnostics and (config.diagnostic_shots not in config.shots or config.diagnostic_sets > config.n_sets):
-        raise ConfigError(f"diagnostic_shots: {config.diagnostic_shots} and diagnostic_sets: {config.diagnostic_sets} must name "
-                          f"one of shots {list(config.shots)} and at most n_sets: {config.n_sets} sets")
-    if config.test_selected and not config.epoch_diagnostics:
-        raise ConfigError("test_selected: true needs epoch_diagnostics: true (the selection reads the per-epoch scores)")
     # Before any training; it loads every category, which the run then uses.
-    checked = preflight(resolve_dataset(config.dataset), config.categories, config.shots, config.metrics, config.regad.device)
+    checked = preflight(resolve_dataset(config.dataset), config.categories, config.required_shots, config.metrics,
+                        config.regad.device)
     timings: list[dict] = []
 
     def score(target: str) -> list[dict]:
         category = checked.categories[target]
         sets = support_sets_for(category, config.shots, config.n_sets, config.support_seed, out_dir / "support_sets")
+        # The per-epoch sets: the first of the draw of diagnostic_shots (the study's own when that K is one of shots).
+        diagnostic_sets = support_sets_for(category, [config.diagnostic_shots], config.diagnostic_sets, config.support_seed,
+                                           out_dir / "support_sets") if config.epoch_diagnostics else {}
         train_categories = [c for name, c in checked.categories.items() if name != target]  # never empty: preflight
         test = TestSet.load(category, config.regad.image_size)
         # One model per held-out category (serving every K), or one per (category, K).
@@ -92,7 +95,6 @@ def run_experiment(config: ExperimentConfig, out_dir: Path, progress: bool = Tru
         for k, regad, folder in runs:
             tic = time.perf_counter()
             model_dir = out_dir / "models" / target / folder
-            diagnostic_sets = {config.diagnostic_shots: sets[config.diagnostic_shots][: config.diagnostic_sets]}
             monitor = EpochDiagnostics(category, diagnostic_sets, test, regad, model_dir, config.test_selected) if config.epoch_diagnostics else None
             model, _ = leave_one_out_regad(train_categories, regad, model_dir, progress=progress, monitor=monitor)
             trained = time.perf_counter()
@@ -100,7 +102,7 @@ def run_experiment(config: ExperimentConfig, out_dir: Path, progress: bool = Tru
             run = evaluate_detector(RegADMethod(model, config.regad, name="regad"), category, own_sets, test, config.metrics, progress=progress)
             rows += run.rows
             timings.append({"category": target, "method": "regad", "shots": k, "train_seconds": trained - tic,
-                            "eval_seconds": time.perf_counter() - trained})
+                            "eval_seconds": time.perf_counter() - trained, **run.seconds})
             if config.test_selected:  # labelled: its epoch was chosen on this test set
                 tic = time.perf_counter()
                 selected = load_model(model_dir / TEST_SELECTED_NAME, expected=regad)[0]
@@ -108,14 +110,14 @@ def run_experiment(config: ExperimentConfig, out_dir: Path, progress: bool = Tru
                                         config.metrics, progress=progress)
                 rows += run.rows
                 timings.append({"category": target, "method": "regad_test_selected", "shots": k, "train_seconds": 0.0,
-                                "eval_seconds": time.perf_counter() - tic})
+                                "eval_seconds": time.perf_counter() - tic, **run.seconds})
         if config.untrained_baseline:
             tic = time.perf_counter()
             run = evaluate_detector(RegADMethod(untrained_regad(config.regad), config.regad, name="untrained"), category, sets,
                                     test, config.metrics, progress=progress)
             rows += run.rows
             timings.append({"category": target, "method": "untrained", "shots": None, "train_seconds": 0.0,
-                            "eval_seconds": time.perf_counter() - tic})
+                            "eval_seconds": time.perf_counter() - tic, **run.seconds})
         log.info("%s done", target)
         return rows
 

@@ -23,8 +23,9 @@ class TargetsFailed(RuntimeError):
     def __init__(self, failures: dict[str, BaseException], rows: list[dict]):
         self.failures, self.rows = failures, rows
         lines = [f"{name}: {type(error).__name__}: {error}" for name, error in failures.items()]
-        super().__init__(f"{len(failures)} categor{'y' if len(failures) == 1 else 'ies'} failed "
-                         f"({len(rows)} result rows of the others were kept):\n  " + "\n  ".join(lines))
+        saved = f"the {len(rows)} result rows of the others were saved" if rows else "no category finished: no results were saved"
+        super().__init__(f"{len(failures)} categor{'y' if len(failures) == 1 else 'ies'} failed ({saved}):\n  "
+                         + "\n  ".join(lines))
 
 
 def for_each_target(targets: Sequence[str], work: Callable[[str], list[dict]], save: Callable[[list[dict]], None]) -> list[dict]:

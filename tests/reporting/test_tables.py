@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from fsad.reporting.tables import difference_text, paired_difference, side_by_side, summarize
+from fsad.reporting.tables import difference_text, paired_difference, side_by_side, summarize, table1_long, table1_wide
 
 
 @pytest.fixture
@@ -24,6 +24,13 @@ def test_side_by_side_puts_each_k_of_every_variant_next_to_each_other(summary):
     assert list(table.index) == ["a", "b", "mean"]
     # a, K=2: regad 0.5 + 0.1 + 0.02 = 62 %, std of (-0.02, +0.02) = 2.8 %
     assert table.loc["a", "K=2 regad"] == "62.0±2.8" and table.loc["a", "K=2 untrained"] == "52.0±2.8"
+
+
+def test_a_single_category_is_its_own_mean_and_shown_once():
+    single = summarize(pd.DataFrame([{"method": "regad", "category": "a", "shots": 2, "support_set": 0, "image_auroc": 0.6}]),
+                       ["image_auroc"])
+    assert list(side_by_side(single, ["image_auroc"], ["regad"]).index) == ["a"]
+    assert list(table1_wide(table1_long(single, "regad", ["image_auroc"])).index) == ["a"]
 
 
 def test_paired_difference_per_k():

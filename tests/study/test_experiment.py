@@ -1,5 +1,6 @@
 """The whole protocol on the toy tree: support sets, leave-one-out training, evaluation."""
 
+import json
 import logging
 
 import numpy as np
@@ -35,12 +36,14 @@ def test_smoke_train_one_epoch_and_evaluate(toy_root, tmp_path):
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "results.csv"), results, check_dtype=False)
 
 
-def test_two_runs_give_identical_metrics(toy_root, tmp_path):
-    config = smoke_config(toy_root, shots=(2,), untrained_baseline=False)
-    first = run_experiment(config, tmp_path / "a", progress=False)
-    second = run_experiment(config, tmp_path / "b", progress=False)
-    timings = ["fit_seconds", "predict_seconds"]  # wall clock: the only columns that may differ
-    pd.testing.assert_frame_equal(first.drop(columns=timings), second.drop(columns=timings))
+def test_epoch_diagnostics_draw_their_own_k_when_it_is_not_evaluated(toy_root, tmp_path):
+    config = smoke_config(toy_root, shots=(4,), n_sets=1, metrics=("image_auroc",), untrained_baseline=False,
+                          epoch_diagnostics=True, diagnostic_shots=2, diagnostic_sets=3)
+    results = run_experiment(config, tmp_path, progress=False)
+    assert results[["category", "shots"]].values.tolist() == [["disc", 4]]
+    assert pd.read_csv(tmp_path / "models" / "disc" / "epochs.csv")["epoch"].tolist() == [0, 1]
+    sets = json.loads((tmp_path / "support_sets" / "disc.json").read_text())["sets"]
+    assert {k: len(v) for k, v in sets.items()} == {"2": 3, "4": 1}  # the 3 diagnostic sets of K=2 beside the study's
 
 
 def test_one_model_per_shot_when_asked(toy_root, tmp_path):

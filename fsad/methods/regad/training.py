@@ -148,7 +148,7 @@ def train_regad(
         config: Settings; ``config.seed`` fixes initialisation and sampling.
         out_dir: Where the checkpoint and the final model (with its per-epoch history) go.
         resume: Continue from an existing checkpoint instead of starting over; a checkpoint of
-            other training settings, categories or training images (``checkpoint_differences``)
+            other training settings (architecture included), categories or training images (``checkpoint_differences``)
             is not resumed: training starts over, with a warning naming what changed.
         progress: Show tqdm bars.
         monitor: Called before the first epoch (epoch 0, the untrained network) and after
@@ -169,7 +169,9 @@ def train_regad(
     checkpoint_path = out_dir / CHECKPOINT_NAME
     names = [c.name for c in categories]
     fingerprints = training_fingerprints(categories)
-    state = load_checkpoint(checkpoint_path, expected=config) if resume and checkpoint_path.is_file() else None
+    # Not checked against ``config``'s architecture on loading: any difference (image size and backbone
+    # included) is a training of other settings, started over below like any other.
+    state = load_checkpoint(checkpoint_path) if resume and checkpoint_path.is_file() else None
     if state is not None:
         changed = checkpoint_differences(state, config, categories, checkpoint_path)
         if changed:
