@@ -15,8 +15,8 @@ does only that, to time every method back to back on an idle machine.
 Outputs in ``out_dir``: ``results.csv`` (method, category, shots, support_set, metrics; no
 timings, so identical runs write identical files), ``costs.csv``, ``training.csv`` (training
 seconds, fitting and scoring seconds summed over the support sets, and for ResAD where its
-anomalies came from) and ``examples.pt`` (every method's map of one defective test image of the first
-target with masks, for the figure).
+anomalies came from) and ``examples.pt`` (every method's map of one defective test image of
+the first target with masks, for the figure).
 
 Example:
     >>> config = ComparisonConfig(dataset="toy", shots=(2,), n_sets=2, regad=RegADConfig(image_size=64, epochs=1))
