@@ -1,4 +1,4 @@
-"""Command line: ``fsad run | compare | ablate | train | support-sets | data | weights | notebook`` (and ``fit`` / ``predict``)."""
+"""Command line: ``fsad run | compare | ablate | train | support-sets | data | weights | notebook`` (and ``fit`` / ``predict`` / ``export``)."""
 
 from __future__ import annotations
 
@@ -171,6 +171,12 @@ def cmd_predict(args) -> None:
     predict_command(args.detector, args.images, args.out, args.masks)
 
 
+def cmd_export(args) -> None:
+    from fsad.product.export import export_command
+
+    export_command(args.detector, args.format)
+
+
 def _study_arguments(p: argparse.ArgumentParser) -> None:
     """What ``run``, ``compare`` and ``ablate`` share: where results go and the dry run."""
     p.add_argument("--out", help="output folder (default: runs/<config name> in the current directory)")
@@ -252,6 +258,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True, help="where predictions.csv, heatmaps/ and masks/ go")
     p.add_argument("--masks", action="store_true", help="also write a binary mask per image (pixels above the threshold)")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="run a fitted detector's features in ONNX Runtime: writes DETECTOR/features.onnx",
+                       description="Add the detector's backbone graph (features.onnx, same weights) to its folder, so "
+                                   "fsad predict runs its test-time features in ONNX Runtime without exporting anything "
+                                   "(no onnx package, no network on the scoring machine). RegAD and DINOv2 stay in PyTorch.")
+    p.add_argument("detector", help="a folder written by fsad fit")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="the runtime's graph format (default onnx)")
+    p.set_defaults(func=cmd_export)
 
     from fsad.notebook_runner import add_parser as add_notebook_parser
 

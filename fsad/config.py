@@ -333,6 +333,9 @@ class RegADConfig(Settings):
             moving the features faster than the backbone learns (an fsad option).
         stn_identity_penalty: Weight of a penalty on each STN's deviation from the identity,
             ``sum_i mean_b ||theta_i - I||_F^2``, added to the loss (0: none, the official code).
+        runtime: Where the frozen backbone computes test-time features (support views, test
+            images; training stays in PyTorch): ``"auto"`` (ONNX Runtime where installed and on
+            the CPU, else PyTorch), ``"onnxruntime"`` or ``"torch"`` (``fsad.components.runtime``).
     """
 
     backbone: Backbone = "mobilenet_v2"
@@ -358,10 +361,11 @@ class RegADConfig(Settings):
     inverse_warp: Literal["composed", "per_stage"] = "composed"
     stn_lr: PositiveFloat | None = None
     stn_identity_penalty: Annotated[float, Field(ge=0)] = 0.0
+    runtime: Literal["auto", "torch", "onnxruntime"] = "auto"
 
 
 # Settings read only at test time (and where to run): changing them needs no retraining.
-TEST_TIME_KEYS = ("eps", "blur_sigma", "augment_support", "device")
+TEST_TIME_KEYS = ("eps", "blur_sigma", "augment_support", "device", "runtime")
 
 
 def training_settings(config: RegADConfig | dict[str, Any]) -> dict[str, Any]:

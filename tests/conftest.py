@@ -1,4 +1,4 @@
-"""Fixtures shared by the whole test suite: the generated toy data set and fsad-mini."""
+"""Fixtures shared by the whole test suite: the generated toy data set, fsad-mini, a cache folder of the session."""
 
 from __future__ import annotations
 
@@ -8,6 +8,15 @@ import pytest
 
 from fsad.data.toy import make_toy_dataset
 from fsad.paths import FSAD_MINI_DIR
+
+
+@pytest.fixture(scope="session", autouse=True)
+def runtime_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Exported feature graphs (fsad.components.runtime) go to one folder per test session, not the user's cache."""
+    folder = tmp_path_factory.mktemp("fsad_cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FSAD_CACHE", str(folder))
+        yield folder
 
 
 @pytest.fixture(scope="session")

@@ -28,6 +28,7 @@ import torchvision
 from torch import nn
 from torch.fx.experimental.optimization import fuse
 
+from fsad.components.runtime import OnnxFeatures, resolve_runtime
 from fsad.components.weights import MissingWeightsError, WeightSource, locate_weights
 
 __all__ = ["BACKBONES", "BackboneSpec", "FeatureExtractor", "MissingWeightsError", "ModuleSnapshot", "build_backbone",
@@ -63,6 +64,9 @@ class FeatureExtractor(nn.Module):
     """
 
     strides: tuple[int, int, int] = (4, 8, 16)
+    # Where test-time features run (``fsad.components.runtime``); the registry sets the
+    # detector's setting, a bare extractor (training, the tests' references) runs eagerly.
+    runtime: str = "torch"
 
     def __init__(
         self,
@@ -95,13 +99,61 @@ class FeatureExtractor(nn.Module):
         return (images - self.mean) / self.std  # B x 3 x H x W
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Normalise ``images`` (B x 3 x H x W in [0, 1]) and return the three stage outputs."""
+        """Normalise ``images`` (B x 3 x H x W in [0, 1]) and return the three stage outputs.
+
+        In eval mode without gradients, on the CPU, with ``runtime`` other than ``"torch"``,
+        the outputs come from that runtime (the same numbers to about 1e-5).
+        """
+        accelerated = self._accelerated(images)
+        if accelerated is not None:
+            return accelerated(images)
+        return self.eager(images)
+
+    def eager(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """``forward`` in PyTorch, always (what another runtime is exported from)."""
         x = self.normalize(images)  # B x 3 x H x W
         features = []
         for stage in self.stages:
             x = stage(x)  # B x C_i x H/s_i x W/s_i
             features.append(x)
         return features
+
+    def _accelerated(self, images: torch.Tensor) -> OnnxFeatures | None:
+        """The runtime that computes ``forward(images)``, or None for eager PyTorch (training, gradients, a GPU)."""
+        if self.runtime == "torch" or self.training or images.device.type != "cpu" or images.dtype != torch.float32:
+            return None
+        if torch.is_grad_enabled() and (images.requires_grad or any(p.requires_grad for p in self.parameters())):
+            return None
+        if self.__dict__.get("_onnx") is None:
+            if resolve_runtime(self.runtime, "cpu") == "torch":  # not installed: said once, then eager
+                self.runtime = "torch"
+                return None
+            self._onnx = OnnxFeatures(EagerStages(self))
+        return self._onnx
+
+    def use_graphs(self, graphs: dict[tuple[int, int], Path]) -> None:
+        """Run test-time features from ``graphs`` (a detector folder's exported files, by H x W) instead of exporting."""
+        self.runtime = "onnxruntime"
+        self._onnx = OnnxFeatures(EagerStages(self), graphs)
+
+    def __getstate__(self) -> dict:
+        # A runtime session neither copies nor pickles (deepcopy for folding, torch.save): rebuilt on use.
+        state = dict(self.__dict__)
+        state.pop("_onnx", None)
+        return state
+
+
+class EagerStages(nn.Module):
+    """A ``FeatureExtractor``'s eager forward as a module of its own: what ``torch.onnx.export`` traces."""
+
+    def __init__(self, extractor: FeatureExtractor):
+        super().__init__()
+        self.extractor = extractor
+        # The exporter restores the wrapper's mode afterwards, recursively: it must be the extractor's own.
+        self.train(extractor.training)
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return self.extractor.eager(images)
 
 
 # A builder returns the full torchvision-style network (whose state-dict keys the weight

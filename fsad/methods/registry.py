@@ -78,7 +78,9 @@ FORMAT_VERSION = 2  # 2: the low-rank Gaussian stores its centred samples and L^
 
 
 def _backbone(regad: RegADConfig):
-    return build_backbone(regad.backbone, pretrained=regad.pretrained, normalize=regad.normalize)
+    backbone = build_backbone(regad.backbone, pretrained=regad.pretrained, normalize=regad.normalize)
+    backbone.runtime = regad.runtime  # test-time features only: eager in training and with gradients
+    return backbone
 
 
 def _regad(regad: RegADConfig, options: dict[str, Any], model_path: Path | None) -> Detector:

@@ -23,6 +23,7 @@ from fsad.data.mvtec import read_image, resize_image
 from fsad.io import atomic_dir, atomic_path, write_csv_atomic
 from fsad.methods.base import to_float
 from fsad.methods.registry import load_detector
+from fsad.product.export import use_exported_features
 from fsad.product.images import find_images
 from fsad.product.threshold import Threshold
 
@@ -98,6 +99,7 @@ def predict_product(detector_dir: Path, images: Sequence[str | Path], out: Path,
         ``{"csv", "heatmaps", "masks", "images", "anomalous", "errors": [(path, message)], "method"}``.
     """
     detector, record = load_detector(Path(detector_dir), device=device)
+    use_exported_features(detector, Path(detector_dir))  # fsad export's graph, where the folder has one
     found = find_images(images)
     out = Path(out).resolve()
     for given in map(Path, images):
