@@ -78,7 +78,11 @@ FORMAT_VERSION = 2  # 2: the low-rank Gaussian stores its centred samples and L^
 
 
 def _backbone(regad: RegADConfig):
-    backbone = build_backbone(regad.backbone, pretrained=regad.pretrained, normalize=regad.normalize)
+    # Random weights (pretrained: false) come from regad.seed, so two runs of one config score alike;
+    # the caller's random state is left as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(regad.seed)
+        backbone = build_backbone(regad.backbone, pretrained=regad.pretrained, normalize=regad.normalize)
     backbone.runtime = regad.runtime  # test-time features only: eager in training and with gradients
     return backbone
 

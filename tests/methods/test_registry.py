@@ -103,3 +103,16 @@ def test_load_refuses_what_is_not_a_detector_of_this_kind(images, tmp_path):
         build_detector("patchcore", SETTINGS).load_state(state)
     with pytest.raises(ValueError, match="image_size: saved 32 vs 64"):
         build_detector("padim", SETTINGS.replace(image_size=64), {"n_channels": 20}).load_state(state)
+
+
+def test_random_backbones_come_from_the_seed_and_leave_the_callers_random_state():
+    """Two builds of one config with pretrained: false score alike (fsad compare twice gives one table)."""
+    settings = RegADConfig(pretrained=False, image_size=32, device="cpu")
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    first = build_detector("patchcore", settings).backbone.state_dict()
+    second = build_detector("patchcore", settings).backbone.state_dict()
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    other = build_detector("patchcore", settings.replace(seed=1)).backbone.state_dict()
+    assert not all(torch.equal(first[k], other[k]) for k in first)
