@@ -1,8 +1,12 @@
 """``fsad predict``: score new images with a saved detector folder, never refitting.
 
 Writes ``predictions.csv`` (path, score, normalised_score, label, ...), a heat-map overlay per
-image and, on request, a binary defect mask per image, all at the image's original size;
-``label`` is ``anomalous`` above the threshold (normalised score 0.5).
+image and, on request, a binary defect mask per image, all at the image's size as viewers
+show it (EXIF orientation applied); ``label`` is ``anomalous`` above the threshold
+(normalised score 0.5). An image of more than ``OVERLAY_PIXELS`` pixels (16.7 M, e.g. a
+14000 x 14000 line-scan image) gets its heat-map and mask downscaled by 2, 4, ... until
+they fit, with the image's aspect ratio: a full-size overlay would take GBs of memory and
+tens of seconds to write, and no screen shows it whole.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from fsad.data.mvtec import read_image, resize_image
+from fsad.data.mvtec import downscale_factor, read_image, resize_image
 from fsad.io import atomic_dir, atomic_path, write_csv_atomic
 from fsad.methods.base import to_float
 from fsad.methods.registry import load_detector
@@ -29,6 +33,7 @@ from fsad.product.threshold import Threshold
 PREDICTIONS_FILE = "predictions.csv"
 PREDICT_BATCH = 16
 PREDICT_PIXELS = 64_000_000  # originals kept per batch, for the full-size overlays
+OVERLAY_PIXELS = 2**24  # the largest heat-map and mask written (4096 x 4096); larger images get theirs downscaled
 # A run of at least this many images shows a progress bar.
 PROGRESS_FROM = 20
 
@@ -67,7 +72,8 @@ def _batches(found: Sequence[tuple[Path, str]], size: int):
 
     Yields:
         ``[(path, name, original 3 x H x W uint8, resized 3 x size x size float)]`` and
-        ``[(path, error message)]`` of the files that could not be read.
+        ``[(path, error message)]`` of the files that could not be read. The original is
+        at the image's own size, downscaled to at most ``OVERLAY_PIXELS``.
     """
     batch, failed, pixels = [], [], 0
     for path, name in found:
@@ -76,8 +82,13 @@ def _batches(found: Sequence[tuple[Path, str]], size: int):
         except (ValueError, FileNotFoundError) as error:
             failed.append((path, str(error)))
             continue
+        resized = resize_image(original, size)  # 3 x size x size: what the detector scores
+        height, width = original.shape[1:]
+        factor = downscale_factor(width, height, OVERLAY_PIXELS)
+        if factor > 1:
+            original = resize_image(original, (-(-height // factor), -(-width // factor)))
         # uint8 originals: a batch of camera-sized images stays within a few hundred MiB.
-        batch.append((path, name, (original * 255).round().to(torch.uint8), resize_image(original, size)))
+        batch.append((path, name, (original * 255).round().to(torch.uint8), resized))
         pixels += original.shape[1] * original.shape[2]
         if len(batch) == PREDICT_BATCH or pixels >= PREDICT_PIXELS:
             yield batch, failed
