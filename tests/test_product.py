@@ -48,6 +48,17 @@ def png16_rgb(path: Path, pixels: np.ndarray) -> Path:
     return path
 
 
+def png_giant(path: Path) -> Path:
+    """A PNG whose header claims 30000 x 30000 grey pixels (900 M), with no pixel data: refused before decoding."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(b"\x00")) + chunk(b"IEND", b""))
+    return path
+
+
 @pytest.fixture
 def product(toy_root, tmp_path) -> dict[str, Path]:
     """A new product: 4 good images in nested folders with macOS litter, a config, the test images."""
@@ -204,3 +215,67 @@ def test_a_malformed_config_is_one_line_naming_the_file(product, capsys):
     bad = product["tmp"] / "bad.yaml"
     bad.write_text("regad:\n  image_size: [32\n")
     assert "bad.yaml: not valid YAML (line 3)" in fails(capsys, "fit", product["good"], "--config", bad, "--out", product["tmp"] / "d")
+
+
+def test_fit_and_predict_read_a_line_scan_image_and_refuse_only_one_beyond_the_limit(product, capsys, monkeypatch):
+    from fsad.data import mvtec
+    from fsad.product import predict
+
+    monkeypatch.setattr(mvtec, "DECODE_PIXELS", 2**20)  # the defaults' code paths at a test's cost
+    monkeypatch.setattr(predict, "OVERLAY_PIXELS", 2**16)
+    tmp = product["tmp"]
+    line_scan = Image.new("L", (14001, 12800), 120)  # 179.2 M pixels: over Pillow's decompression-bomb limit
+    line_scan.save(product["good"] / "line_scan.jpg")
+    fsad("fit", product["good"], "--config", product["config"], "--out", tmp / "detector")
+    assert load_detector(tmp / "detector")[1]["support"]["count"] == 5
+
+    incoming = tmp / "incoming"
+    incoming.mkdir()
+    for path in sorted((product["test"] / "good").glob("*.png"))[:2]:
+        shutil.copy(path, incoming / path.name)
+    line_scan.save(incoming / "line_scan.jpg")
+    png_giant(incoming / "giant.png")
+    line = fails(capsys, "predict", tmp / "detector", incoming, "--out", tmp / "results", "--masks")
+    assert "1 of 4 images could not be read (first: " in line and "giant.png" in line
+    table = pd.read_csv(tmp / "results" / "predictions.csv")
+    table.index = [Path(p).name for p in table["path"]]
+    assert table["score"].notna().sum() == 3 and table.loc["giant.png", "label"] == "error"
+    assert "30000x30000 (900 megapixels), more than fsad reads" in table.loc["giant.png", "error"]
+    # decoded at 1/8 then halved (876 x 800), the heat-map and mask a quarter of that: 219 x 200
+    assert Image.open(table.loc["line_scan.jpg", "heatmap"]).size == Image.open(table.loc["line_scan.jpg", "mask"]).size == (219, 200)
+    assert Image.open(table.loc["000.png", "heatmap"]).size == (64, 64)
+
+
+def _turned(upright: np.ndarray, path: Path) -> Path:
+    """Save ``upright`` as a camera held turned writes it: pixels stored a quarter turn off, EXIF orientation 6."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # viewers turn the stored pixels a quarter clockwise
+    Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90).save(path, exif=exif)
+    return path
+
+
+def test_fit_and_predict_see_images_as_viewers_show_them(product, capsys):
+    tmp = product["tmp"]
+    upright, turned = tmp / "upright", tmp / "turned"
+    upright.mkdir()
+    turned.mkdir()
+    for path in sorted(p for p in product["good"].rglob("*.png") if not p.name.startswith(".")):
+        pixels = np.asarray(Image.open(path).convert("RGB"))[:, :48]  # 64 high, 48 wide: a quarter turn shows
+        Image.fromarray(pixels).save(upright / path.name)
+        _turned(pixels, turned / path.name)
+    for folder in (upright, turned):
+        torch.manual_seed(0)  # the same random-weight backbone for both
+        fsad("fit", folder, "--config", product["config"], "--out", tmp / f"from_{folder.name}")
+    thresholds = [load_detector(tmp / name)[1]["threshold"] for name in ("from_upright", "from_turned")]
+    assert thresholds[0]["leave_one_out_scores"] == pytest.approx(thresholds[1]["leave_one_out_scores"], rel=1e-5)
+
+    incoming = tmp / "incoming"
+    incoming.mkdir()
+    shown = np.asarray(Image.open(next((product["test"] / "good").glob("*.png"))).convert("RGB"))[:, :48]
+    Image.fromarray(shown).save(incoming / "a_upright.png")
+    _turned(shown, incoming / "b_turned.png")
+    fsad("predict", tmp / "from_upright", incoming, "--out", tmp / "results")
+    table = pd.read_csv(tmp / "results" / "predictions.csv")
+    assert table["score"][0] == pytest.approx(table["score"][1], rel=1e-5)
+    heatmaps = [np.asarray(Image.open(path)) for path in table["heatmap"]]
+    assert heatmaps[0].shape == heatmaps[1].shape == (64, 48, 3) and np.abs(heatmaps[0].astype(int) - heatmaps[1]).max() <= 1

@@ -274,7 +274,7 @@ def _orientation(image: Image.Image) -> int:
 
 
 def downscale_factor(width: int, height: int, max_pixels: int) -> int:
-    """The least power of two f that downscales a width x height image (to ceil(width / f) x ceil(height / f)) to at most ``max_pixels``."""
+    """The least power of two f with ceil(width / f) x ceil(height / f) <= ``max_pixels``: the factor an image is downscaled by."""
     factor = 1
     while math.ceil(width / factor) * math.ceil(height / factor) > max_pixels:
         factor *= 2
