@@ -279,3 +279,80 @@ def test_fit_and_predict_see_images_as_viewers_show_them(product, capsys):
     assert table["score"][0] == pytest.approx(table["score"][1], rel=1e-5)
     heatmaps = [np.asarray(Image.open(path)) for path in table["heatmap"]]
     assert heatmaps[0].shape == heatmaps[1].shape == (64, 48, 3) and np.abs(heatmaps[0].astype(int) - heatmaps[1]).max() <= 1
+
+
+def _report_rows(page: str) -> list[tuple[str, str, float]]:
+    """``(label, image path, score)`` of each image row of report.html, in page order."""
+    import html
+    import re
+
+    rows = re.findall(r'<tr data-label="(\w+)"><td class="number">\d+</td><td><a href="[^"]*"><img src="data:image/jpeg;base64,'
+                      r'[A-Za-z0-9+/=]+" alt="[^"]*"></a></td><td>([^<]+)</td><td class="number">([^<]+)</td>', page)
+    return [(label, html.unescape(path), float(score)) for label, path, score in rows]
+
+
+def test_predict_writes_a_self_contained_report_of_every_image(product, capsys):
+    tmp = product["tmp"]
+    fsad("fit", product["good"], "--config", product["config"], "--out", tmp / "detector")
+    incoming = tmp / "incoming & more"  # a name HTML must escape
+    shutil.copytree(product["test"], incoming)
+    (incoming / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # the broken image fails the run, after the report is written
+        fsad("predict", tmp / "detector", incoming, "--out", tmp / "results")
+    printed = capsys.readouterr()
+    table = pd.read_csv(tmp / "results" / "predictions.csv")
+    page = (tmp / "results" / "report.html").read_text()
+    _, record = load_detector(tmp / "detector")
+
+    scored = table[table["label"] != "error"].sort_values("score", ascending=False)
+    rows = _report_rows(page)
+    assert [path for _, path, _ in rows] == scored["path"].tolist()  # every image, most anomalous first
+    assert [label for label, _, _ in rows] == scored["label"].tolist()
+    assert np.allclose([score for *_, score in rows], scored["score"], rtol=1e-3)
+    assert f'<tr data-label="error"><td>{incoming / "broken.png"}</td>'.replace("&", "&amp;") in page
+    threshold = record["threshold"]
+    assert f"threshold {threshold['image']:.4g}</text>" in page  # on the histogram
+    assert f"Image threshold <b>{threshold['image']:.4g}</b>" in page
+    assert "<b>padim_views</b>, K = 4 support images" in page and "image_size: 32" in page
+    assert threshold["rule"][:60] in page
+    assert "<script" not in page and "http" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")  # offline
+    assert f"report: {tmp / 'results' / 'report.html'}" in printed.out and " images/s " in printed.out
+
+
+@pytest.mark.slow
+def test_report_shows_in_a_real_browser_when_moved_away(product, capsys, tmp_path):
+    """Chromium (Debian's ``chromium``) renders report.html from another folder: every heat-map decodes, the text shows."""
+    import subprocess
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium not installed (Debian: apt-get install -y chromium); the report's browser test needs it")
+    fsad("fit", product["good"], "--config", product["config"], "--out", tmp_path / "detector")
+    fsad("predict", tmp_path / "detector", product["test"], "--out", tmp_path / "results")
+    threshold = load_detector(tmp_path / "detector")[1]["threshold"]["image"]
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    page = (tmp_path / "results" / "report.html").read_text()
+    (moved / "report.html").write_text(page)
+    # A copy that, once loaded, counts the images the browser decoded.
+    counting = '<script>addEventListener("load", () => { document.body.dataset.decoded = [...document.images]' \
+               '.filter(image => image.complete && image.naturalWidth > 0).length; });</script></body>'
+    (moved / "counting.html").write_text(page.replace("</body>", counting))
+
+    def browse(*args: str) -> str:
+        result = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                                 f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", *args],
+                                capture_output=True, text=True, timeout=120, check=True)
+        return result.stdout
+
+    dom = browse("--dump-dom", (moved / "counting.html").as_uri())
+    assert 'data-decoded="8"' in dom  # the 8 test images' heat-maps, from the page alone
+    assert f"threshold {threshold:.4g}" in dom and "padim_views" in dom
+    shot = tmp_path / "report.png"
+    browse("--window-size=1100,1400", f"--screenshot={shot}", (moved / "report.html").as_uri())
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    assert pixels.shape == (1400, 1100, 3)
+    red_bars = (np.abs(pixels - [0xE4, 0x57, 0x56]).sum(axis=2) < 30).sum()  # anomalous bars and labels
+    blue_bars = (np.abs(pixels - [0x4C, 0x78, 0xA8]).sum(axis=2) < 30).sum()  # normal bars and labels
+    assert red_bars > 500 and blue_bars > 500
