@@ -295,7 +295,7 @@ def _check_readable(image: Image.Image, path: Path) -> None:
     image.draft(image.mode, (math.ceil(width / factor), math.ceil(height / factor)))  # JPEG only: decode smaller
     if image.size[0] * image.size[1] > READ_LIMIT_PIXELS:
         raise ValueError(f"fsad/data/mvtec.py: image {path} is {width}x{height} ({width * height / 1e6:.0f} megapixels), "
-                         f"more than fsad reads ({READ_LIMIT_PIXELS / 1e6:.0f}); split it into tiles or save it smaller")
+                         f"more than fsad reads ({READ_LIMIT_PIXELS / 1e6:.0f} megapixels); split it into tiles or save it smaller")
 
 
 def _decode(path: Path) -> np.ndarray:
