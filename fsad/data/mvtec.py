@@ -251,7 +251,8 @@ def _opened(path: Path) -> Iterator[Image.Image]:
         FileNotFoundError: no such file.
         ValueError: not an image Pillow can read.
     """
-    bomb_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # restored below; the limit is checked by our callers
+    # Restored below (not thread-safe; fsad reads images from one thread); _check_readable applies fsad's limit.
+    bomb_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
     try:
         with Image.open(path) as image:
             yield image

@@ -329,3 +329,14 @@ def test_an_image_beyond_what_fsad_reads_is_refused_naming_it(tmp_path):
     for read in (lambda path: read_image(path, 8), check_image):
         with pytest.raises(ValueError, match=r"giant\.png is 30000x30000 \(900 megapixels\), more than fsad reads"):
             read(giant)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_reads_as_pillows_exif_transpose_shows_it(tmp_path, orientation):
+    from PIL import ImageOps
+
+    stored = np.random.default_rng(orientation).integers(0, 256, (6, 10, 3), dtype=np.uint8)
+    image = _exif_rotated(tmp_path / "photo.png", stored, orientation)
+    shown = np.array(ImageOps.exif_transpose(Image.open(image)))
+    assert torch.equal(read_image(image, None), torch.from_numpy(shown).permute(2, 0, 1) / 255.0)
+    assert image_size(image) == (shown.shape[1], shown.shape[0])
