@@ -252,10 +252,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--force", action="store_true", help="replace a detector of other images or settings in --out")
     p.set_defaults(func=cmd_fit)
 
-    p = sub.add_parser("predict", help="score images with a fitted detector: predictions.csv, heat-maps, masks")
+    p = sub.add_parser("predict", help="score images with a fitted detector: predictions.csv, heat-maps, report.html, masks")
     p.add_argument("detector", help="a detector folder written by fsad fit")
     p.add_argument("images", nargs="+", help="images: files or folders (searched recursively); any size")
-    p.add_argument("--out", required=True, help="where predictions.csv, heatmaps/ and masks/ go")
+    p.add_argument("--out", required=True, help="where predictions.csv, heatmaps/, report.html and masks/ go")
     p.add_argument("--masks", action="store_true", help="also write a binary mask per image (pixels above the threshold)")
     p.set_defaults(func=cmd_predict)
 

@@ -193,3 +193,36 @@ def test_a_single_category_comparison_has_no_mean_row_and_yaml_settings(data, ca
     assert max(len(line) for line in text.splitlines()) < 200
     settings = yaml.safe_load(text.split("```yaml\n")[1].split("```")[0])
     assert ComparisonConfig.from_dict(settings) == ComparisonConfig.from_yaml(config)
+
+
+def _check_run(data, capsys) -> None:
+    """``fsad run --check`` on ``data``'s disc: it must find the data OK."""
+    (data.parent / "disc.yaml").write_text("dataset: data\ncategories: [disc]\nshots: 2\nn_sets: 1\nregad: {pretrained: false}\n")
+    capsys.readouterr()
+    main(["run", "--config", "disc.yaml", "--check"])
+    assert "config and data OK" in capsys.readouterr().out
+
+
+def test_run_finds_a_mask_named_in_another_unicode_form_than_its_image(data, capsys):
+    import unicodedata
+
+    defect = data / "disc" / "test" / "colour"
+    (defect / "000.png").rename(defect / "caf\u00e9.png")  # NFC, as typed
+    masks = data / "disc" / "ground_truth" / "colour"
+    (masks / "000_mask.png").rename(masks / unicodedata.normalize("NFD", "caf\u00e9_mask.png"))  # NFD, as macOS writes
+    _check_run(data, capsys)
+
+
+def test_run_accepts_a_line_scan_image_and_a_turned_photo_with_its_mask(data, capsys):
+    import numpy as np
+    from PIL import Image
+
+    Image.new("L", (14000, 14000), 90).save(data / "disc" / "test" / "good" / "line_scan.png", compress_level=1)
+    defect = data / "disc" / "test" / "colour"
+    shown = np.asarray(Image.open(defect / "000.png").convert("RGB"))[:, :48]  # 64 high, 48 wide as viewers show it
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned a quarter; viewers turn it back clockwise
+    Image.fromarray(shown).transpose(Image.Transpose.ROTATE_90).save(defect / "000.png", exif=exif)
+    mask = data / "disc" / "ground_truth" / "colour" / "000_mask.png"
+    Image.fromarray(np.asarray(Image.open(mask))[:, :48]).save(mask)  # drawn on the shown image: 48 x 64
+    _check_run(data, capsys)

@@ -48,6 +48,17 @@ def png16_rgb(path: Path, pixels: np.ndarray) -> Path:
     return path
 
 
+def png_giant(path: Path) -> Path:
+    """A PNG whose header claims 30000 x 30000 grey pixels (900 M), with no pixel data: refused before decoding."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(b"\x00")) + chunk(b"IEND", b""))
+    return path
+
+
 @pytest.fixture
 def product(toy_root, tmp_path) -> dict[str, Path]:
     """A new product: 4 good images in nested folders with macOS litter, a config, the test images."""
@@ -204,3 +215,144 @@ def test_a_malformed_config_is_one_line_naming_the_file(product, capsys):
     bad = product["tmp"] / "bad.yaml"
     bad.write_text("regad:\n  image_size: [32\n")
     assert "bad.yaml: not valid YAML (line 3)" in fails(capsys, "fit", product["good"], "--config", bad, "--out", product["tmp"] / "d")
+
+
+def test_fit_and_predict_read_a_line_scan_image_and_refuse_only_one_beyond_the_limit(product, capsys, monkeypatch):
+    from fsad.data import mvtec
+    from fsad.product import predict
+
+    monkeypatch.setattr(mvtec, "DECODE_PIXELS", 2**20)  # the defaults' code paths at a test's cost
+    monkeypatch.setattr(predict, "OVERLAY_PIXELS", 2**16)
+    tmp = product["tmp"]
+    line_scan = Image.new("L", (14001, 12800), 120)  # 179.2 M pixels: over Pillow's decompression-bomb limit
+    line_scan.save(product["good"] / "line_scan.jpg")
+    fsad("fit", product["good"], "--config", product["config"], "--out", tmp / "detector")
+    assert load_detector(tmp / "detector")[1]["support"]["count"] == 5
+
+    incoming = tmp / "incoming"
+    incoming.mkdir()
+    for path in sorted((product["test"] / "good").glob("*.png"))[:2]:
+        shutil.copy(path, incoming / path.name)
+    line_scan.save(incoming / "line_scan.jpg")
+    png_giant(incoming / "giant.png")
+    line = fails(capsys, "predict", tmp / "detector", incoming, "--out", tmp / "results", "--masks")
+    assert "1 of 4 images could not be read (first: " in line and "giant.png" in line
+    table = pd.read_csv(tmp / "results" / "predictions.csv")
+    table.index = [Path(p).name for p in table["path"]]
+    assert table["score"].notna().sum() == 3 and table.loc["giant.png", "label"] == "error"
+    assert "30000x30000 (900 megapixels), more than fsad reads" in table.loc["giant.png", "error"]
+    # decoded at 1/8 then halved (876 x 800), the heat-map and mask a quarter of that: 219 x 200
+    assert Image.open(table.loc["line_scan.jpg", "heatmap"]).size == Image.open(table.loc["line_scan.jpg", "mask"]).size == (219, 200)
+    assert Image.open(table.loc["000.png", "heatmap"]).size == (64, 64)
+
+
+def _turned(upright: np.ndarray, path: Path) -> Path:
+    """Save ``upright`` as a camera held turned writes it: pixels stored a quarter turn off, EXIF orientation 6."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # viewers turn the stored pixels a quarter clockwise
+    Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90).save(path, exif=exif)
+    return path
+
+
+def test_fit_and_predict_see_images_as_viewers_show_them(product, capsys):
+    tmp = product["tmp"]
+    upright, turned = tmp / "upright", tmp / "turned"
+    upright.mkdir()
+    turned.mkdir()
+    for path in sorted(p for p in product["good"].rglob("*.png") if not p.name.startswith(".")):
+        pixels = np.asarray(Image.open(path).convert("RGB"))[:, :48]  # 64 high, 48 wide: a quarter turn shows
+        Image.fromarray(pixels).save(upright / path.name)
+        _turned(pixels, turned / path.name)
+    for folder in (upright, turned):
+        torch.manual_seed(0)  # the same random-weight backbone for both
+        fsad("fit", folder, "--config", product["config"], "--out", tmp / f"from_{folder.name}")
+    thresholds = [load_detector(tmp / name)[1]["threshold"] for name in ("from_upright", "from_turned")]
+    assert thresholds[0]["leave_one_out_scores"] == pytest.approx(thresholds[1]["leave_one_out_scores"], rel=1e-5)
+
+    incoming = tmp / "incoming"
+    incoming.mkdir()
+    shown = np.asarray(Image.open(next((product["test"] / "good").glob("*.png"))).convert("RGB"))[:, :48]
+    Image.fromarray(shown).save(incoming / "a_upright.png")
+    _turned(shown, incoming / "b_turned.png")
+    fsad("predict", tmp / "from_upright", incoming, "--out", tmp / "results")
+    table = pd.read_csv(tmp / "results" / "predictions.csv")
+    assert table["score"][0] == pytest.approx(table["score"][1], rel=1e-5)
+    heatmaps = [np.asarray(Image.open(path)) for path in table["heatmap"]]
+    assert heatmaps[0].shape == heatmaps[1].shape == (64, 48, 3) and np.abs(heatmaps[0].astype(int) - heatmaps[1]).max() <= 1
+
+
+def _report_rows(page: str) -> list[tuple[str, str, float]]:
+    """``(label, image path, score)`` of each image row of report.html, in page order."""
+    import html
+    import re
+
+    rows = re.findall(r'<tr data-label="(\w+)"><td class="number">\d+</td><td><a href="[^"]*"><img src="data:image/jpeg;base64,'
+                      r'[A-Za-z0-9+/=]+" alt="[^"]*"></a></td><td>([^<]+)</td><td class="number">([^<]+)</td>', page)
+    return [(label, html.unescape(path), float(score)) for label, path, score in rows]
+
+
+def test_predict_writes_a_self_contained_report_of_every_image(product, capsys):
+    tmp = product["tmp"]
+    fsad("fit", product["good"], "--config", product["config"], "--out", tmp / "detector")
+    incoming = tmp / "incoming & more"  # a name HTML must escape
+    shutil.copytree(product["test"], incoming)
+    (incoming / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # the broken image fails the run, after the report is written
+        fsad("predict", tmp / "detector", incoming, "--out", tmp / "results")
+    printed = capsys.readouterr()
+    table = pd.read_csv(tmp / "results" / "predictions.csv")
+    page = (tmp / "results" / "report.html").read_text()
+    _, record = load_detector(tmp / "detector")
+
+    scored = table[table["label"] != "error"].sort_values("score", ascending=False)
+    rows = _report_rows(page)
+    assert [path for _, path, _ in rows] == scored["path"].tolist()  # every image, most anomalous first
+    assert [label for label, _, _ in rows] == scored["label"].tolist()
+    assert np.allclose([score for *_, score in rows], scored["score"], rtol=1e-3)
+    assert f'<tr data-label="error"><td>{incoming / "broken.png"}</td>'.replace("&", "&amp;") in page
+    threshold = record["threshold"]
+    assert f"threshold {threshold['image']:.4g}</text>" in page  # on the histogram
+    assert f"Image threshold <b>{threshold['image']:.4g}</b>" in page
+    assert "<b>padim_views</b>, K = 4 support images" in page and "image_size: 32" in page
+    assert threshold["rule"][:60] in page
+    assert "<script" not in page and "http" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")  # offline
+    assert f"report: {tmp / 'results' / 'report.html'}" in printed.out and " images/s " in printed.out
+
+
+@pytest.mark.slow
+def test_report_shows_in_a_real_browser_when_moved_away(product, capsys, tmp_path):
+    """Chromium (Debian's ``chromium``) renders report.html from another folder: every heat-map decodes, the text shows."""
+    import subprocess
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium not installed (Debian: apt-get install -y chromium); the report's browser test needs it")
+    fsad("fit", product["good"], "--config", product["config"], "--out", tmp_path / "detector")
+    fsad("predict", tmp_path / "detector", product["test"], "--out", tmp_path / "results")
+    threshold = load_detector(tmp_path / "detector")[1]["threshold"]["image"]
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    page = (tmp_path / "results" / "report.html").read_text()
+    (moved / "report.html").write_text(page)
+    # A copy that, once loaded, counts the images the browser decoded.
+    counting = '<script>addEventListener("load", () => { document.body.dataset.decoded = [...document.images]' \
+               '.filter(image => image.complete && image.naturalWidth > 0).length; });</script></body>'
+    (moved / "counting.html").write_text(page.replace("</body>", counting))
+
+    def browse(*args: str) -> str:
+        result = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                                 f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", *args],
+                                capture_output=True, text=True, timeout=120, check=True)
+        return result.stdout
+
+    dom = browse("--dump-dom", (moved / "counting.html").as_uri())
+    assert 'data-decoded="8"' in dom  # the 8 test images' heat-maps, from the page alone
+    assert f"threshold {threshold:.4g}" in dom and "padim_views" in dom
+    shot = tmp_path / "report.png"
+    browse("--window-size=1100,1400", f"--screenshot={shot}", (moved / "report.html").as_uri())
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    assert pixels.shape == (1400, 1100, 3)
+    red_bars = (np.abs(pixels - [0xE4, 0x57, 0x56]).sum(axis=2) < 30).sum()  # anomalous bars and labels
+    blue_bars = (np.abs(pixels - [0x4C, 0x78, 0xA8]).sum(axis=2) < 30).sum()  # normal bars and labels
+    assert red_bars > 500 and blue_bars > 500

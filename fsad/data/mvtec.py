@@ -10,7 +10,13 @@ Layout (``DEFECT`` is any folder name other than ``good``)::
 Images may be png, jpg, jpeg, bmp, tif or tiff (any letter case). Hidden files and folders
 (``.DS_Store``, macOS's AppleDouble ``._NAME.png``) are skipped. Names are compared in
 Unicode NFC form, so a category copied from macOS (which writes decomposed names) is
-found under the name a user types.
+found under the name a user types, and a mask is found whichever form either name is in.
+
+Every image is read as viewers show it: its EXIF orientation applied (a photo taken with
+the camera turned is upright, and so are its heat-map and mask). An image of more than
+``DECODE_PIXELS`` pixels (line-scan cameras make 14000 x 14000 ones, above Pillow's
+decompression-bomb limit) is decoded downscaled by 2, 4, 8, ... until it fits (a JPEG in
+the decoder itself, cheaply); one of more than ``READ_LIMIT_PIXELS`` is refused, naming it.
 
 Example:
     >>> category = load_category("/work/shared/datasets/fsad-mini", "pcb")  # doctest: +SKIP
@@ -20,19 +26,32 @@ Example:
 
 from __future__ import annotations
 
+import math
 import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 NORMAL = "good"
 MASK_SUFFIX = "_mask"
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+# Larger images are decoded downscaled by a power of two: 8192 x 8192 is 0.8 GB as float RGB,
+# and a detector sees 224 px anyway. Pillow refuses (as a possible decompression bomb) 179 M.
+DECODE_PIXELS = 2**26
+# Beyond this even the one full decode a PNG or TIFF needs (JPEG decodes at 1/8 scale) is
+# several GB: refused. 2**29 = 23170 x 23170, 1.6 GB as 8-bit RGB.
+READ_LIMIT_PIXELS = 2**29
+# EXIF orientation (tag 274) -> the transpose that shows the pixels as a viewer does.
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
 
 
 @dataclass(frozen=True)
@@ -128,15 +147,22 @@ def list_categories(root: str | Path) -> list[str]:
     return names
 
 
-def _mask_path_for(category_path: Path, defect: str, image: Path) -> Path | None:
-    """The mask of ``image`` (``None``: none); MVTec names it ``NAME_mask.png``, other suffixes are accepted too."""
-    folder = category_path / "ground_truth" / defect
-    others = sorted(IMAGE_SUFFIXES - {".png"})
-    for suffix in (".png", *others, *(s.upper() for s in (".png", *others))):
-        candidate = folder / f"{image.stem}{MASK_SUFFIX}{suffix}"
-        if candidate.is_file():
-            return candidate
-    return None
+def _masks_in(folder: Path) -> dict[str, list[Path]]:
+    """``{NFC stem: mask files}`` of a ``ground_truth/DEFECT`` folder (empty if there is none)."""
+    masks: dict[str, list[Path]] = {}
+    for path in _images_in(folder) if folder.is_dir() else []:
+        masks.setdefault(nfc(path.stem), []).append(path)
+    return masks
+
+
+def _mask_path_for(masks: dict[str, list[Path]], image: Path) -> Path | None:
+    """The mask of ``image`` in ``masks`` (``None``: none); MVTec names it ``NAME_mask.png``, other suffixes are accepted too.
+
+    Names are compared in NFC, so a mask named in another Unicode form than its image (macOS
+    writes decomposed names) is found.
+    """
+    found = masks.get(nfc(f"{image.stem}{MASK_SUFFIX}"), [])
+    return min(found, key=lambda p: (p.suffix.lower() != ".png", p.suffix)) if found else None
 
 
 def load_category(root: str | Path, name: str) -> Category:
@@ -171,16 +197,19 @@ def load_category(root: str | Path, name: str) -> Category:
     if not test_path.is_dir():
         raise FileNotFoundError(f"fsad/data/mvtec.py: category {category_path} has no test folder; "
                                 f"expected {test_path}/{NORMAL}/ and {test_path}/DEFECT/")
-    has_masks = (category_path / "ground_truth").is_dir()
+    ground_truth = category_path / "ground_truth"
+    has_masks = ground_truth.is_dir()
+    mask_folders = {nfc(p.name): p for p in ground_truth.iterdir() if _visible(p)} if has_masks else {}
     test: list[Sample] = []
     unmasked: list[Path] = []
     for defect_folder in sorted(p for p in test_path.iterdir() if _visible(p) and p.is_dir()):
         defect = nfc(defect_folder.name)
+        masks = _masks_in(mask_folders[defect]) if defect in mask_folders else {}
         for image in _images_in(defect_folder):
             if defect == NORMAL:
                 test.append(Sample(image, 0, defect, None))
             else:
-                mask = _mask_path_for(category_path, defect_folder.name, image) if has_masks else None
+                mask = _mask_path_for(masks, image) if has_masks else None
                 if has_masks and mask is None:
                     unmasked.append(image)
                 test.append(Sample(image, 1, defect, mask))
@@ -214,43 +243,134 @@ def _as_hw(size: int | tuple[int, int]) -> tuple[int, int]:
     return height, width
 
 
-def _decode(path: Path) -> np.ndarray:
-    """Pixels of ``path`` as float32 ``H x W x C`` in [0, 1]; C is 1 (grey) or 3 (colour).
+@contextmanager
+def _opened(path: Path) -> Iterator[Image.Image]:
+    """``Image.open(path)`` with fsad's limits (``READ_LIMIT_PIXELS``) in place of Pillow's decompression-bomb check.
 
-    16-bit images are divided by 65535 (not clipped to 255, which would turn them white).
-    Alpha is dropped, palettes expanded.
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not an image Pillow can read.
     """
-    path = Path(path)
+    # Restored below (not thread-safe; fsad reads images from one thread); _check_readable applies fsad's limit.
+    bomb_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
     try:
         with Image.open(path) as image:
-            image.load()
-            mode = image.mode
-            if mode in _SIXTEEN_BIT_MODES:
-                pixels = np.asarray(image).astype(np.float32)
-                if pixels.min() < 0 or pixels.max() > 65535:
-                    raise ValueError(f"fsad/data/mvtec.py: {path} is a 32-bit integer image with "
-                                     "values outside the 16-bit range; save it as 8 or 16 bit")
-                return (pixels / 65535.0)[..., None]
-            if mode == "F":
-                raise ValueError(f"fsad/data/mvtec.py: {path} is a floating-point image, whose "
-                                 "range is unknown; save it as 8 or 16 bit")
-            image = image.convert("L" if mode in ("1", "L", "LA") else "RGB")
-            pixels = np.asarray(image, dtype=np.float32) / 255.0
+            yield image
     except FileNotFoundError as error:
         raise FileNotFoundError(f"fsad/data/mvtec.py: image file {path} does not exist") from error
     except (OSError, UnidentifiedImageError, SyntaxError) as error:
         raise ValueError(f"fsad/data/mvtec.py: cannot read image {path} ({error}); "
                          "replace or remove the file") from error
+    finally:
+        Image.MAX_IMAGE_PIXELS = bomb_limit
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation of ``image`` (1: as stored; 5-8: a quarter turn), 1 where it has none or a bad one."""
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except (OSError, ValueError, SyntaxError):  # a damaged EXIF block: show the pixels as stored
+        return 1
+    return orientation if orientation in _UPRIGHT else 1
+
+
+def downscale_factor(width: int, height: int, max_pixels: int) -> int:
+    """The least power of two f with ceil(width / f) x ceil(height / f) <= ``max_pixels``: the factor an image is downscaled by."""
+    factor = 1
+    while math.ceil(width / factor) * math.ceil(height / factor) > max_pixels:
+        factor *= 2
+    return factor
+
+
+def _check_readable(image: Image.Image, path: Path) -> None:
+    """Refuse what ``_decode`` cannot read, from the header alone; a JPEG's decoder is set to decode at the scale ``_decode`` uses.
+
+    Raises:
+        ValueError: a floating-point image, or more than ``READ_LIMIT_PIXELS`` pixels to decode.
+    """
+    if image.mode == "F":
+        raise ValueError(f"fsad/data/mvtec.py: {path} is a floating-point image, whose "
+                         "range is unknown; save it as 8 or 16 bit")
+    width, height = image.size
+    factor = downscale_factor(width, height, DECODE_PIXELS)
+    image.draft(image.mode, (math.ceil(width / factor), math.ceil(height / factor)))  # JPEG only: decode smaller
+    if image.size[0] * image.size[1] > READ_LIMIT_PIXELS:
+        raise ValueError(f"fsad/data/mvtec.py: image {path} is {width}x{height} ({width * height / 1e6:.0f} megapixels), "
+                         f"more than fsad reads ({READ_LIMIT_PIXELS / 1e6:.0f} megapixels); split it into tiles or save it smaller")
+
+
+def _decode(path: Path) -> np.ndarray:
+    """Pixels of ``path`` as float32 ``H x W x C`` in [0, 1], as viewers show it; C is 1 (grey) or 3 (colour).
+
+    16-bit images are divided by 65535 (not clipped to 255, which would turn them white).
+    Alpha is dropped, palettes expanded, the EXIF orientation applied. An image of more than
+    ``DECODE_PIXELS`` pixels comes out downscaled by the power of two that makes it fit
+    (box average; a JPEG is decoded at 1/2, 1/4 or 1/8 scale by the decoder first). The
+    result depends on the file alone, so every caller sees the same pixels.
+
+    Raises:
+        ValueError: unreadable file, a floating-point or out-of-range 32-bit image, or more
+            than ``READ_LIMIT_PIXELS`` pixels.
+    """
+    path = Path(path)
+    with _opened(path) as image:
+        _check_readable(image, path)  # JPEG: also sets the decoder to its reduced scale
+        orientation = _orientation(image)
+        image.load()  # a truncated or corrupt file fails here (a ValueError naming it, from _opened)
+        mode = image.mode
+        sixteen_bit = mode in _SIXTEEN_BIT_MODES
+        target = "I" if sixteen_bit else "L" if mode in ("1", "L", "LA") else "RGB"
+        if mode != target:
+            image = image.convert(target)
+        reduce = downscale_factor(*image.size, DECODE_PIXELS)  # what the JPEG decoder did not do already
+        if reduce > 1:
+            image = image.reduce(reduce)
+        if orientation != 1:
+            image = image.transpose(_UPRIGHT[orientation])
+        if sixteen_bit:
+            pixels = np.asarray(image).astype(np.float32)
+            if pixels.min() < 0 or pixels.max() > 65535:
+                raise ValueError(f"fsad/data/mvtec.py: {path} is a 32-bit integer image with "
+                                 "values outside the 16-bit range; save it as 8 or 16 bit")
+            pixels /= 65535.0
+        else:
+            pixels = np.asarray(image, dtype=np.float32) / 255.0
     return pixels[..., None] if pixels.ndim == 2 else pixels
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    """``(width, height)`` from the file header, without decoding the pixels."""
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except (OSError, UnidentifiedImageError) as error:
-        raise ValueError(f"fsad/data/mvtec.py: cannot read image {path} ({error})") from error
+def check_image(path: str | Path) -> tuple[int, int]:
+    """Check, without decoding its pixels, that ``read_image`` can read ``path``; its ``(width, height)`` as viewers show it.
+
+    Reads the whole file (Pillow's ``verify``: a truncated PNG or a bad chunk CRC fails) and
+    applies ``read_image``'s refusals (floating point, more than ``READ_LIMIT_PIXELS``), so
+    a run can list every unreadable file before any training.
+
+    Raises:
+        FileNotFoundError, ValueError: naming the file and the fix.
+    """
+    with _opened(Path(path)) as image:
+        image.verify()  # only directly after opening: reading the EXIF block first breaks a PNG's verify
+    with _opened(Path(path)) as image:
+        _check_readable(image, Path(path))
+        return _shown_size(image)
+
+
+def _shown_size(image: Image.Image) -> tuple[int, int]:
+    width, height = image.size
+    return (height, width) if _orientation(image) in (5, 6, 7, 8) else (width, height)
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """``(width, height)`` of an image as viewers show it (EXIF orientation applied), from the file header alone.
+
+    This is the size a mask of the image must have; a quarter-turn orientation swaps the
+    stored width and height.
+
+    Raises:
+        FileNotFoundError, ValueError: no such file, or not a readable image.
+    """
+    with _opened(Path(path)) as image:
+        return _shown_size(image)
 
 
 def read_image(path: str | Path, size: int | tuple[int, int] | None) -> torch.Tensor:
@@ -307,11 +427,10 @@ def read_mask(path: str | Path, size: int | tuple[int, int],
     height, width = _as_hw(size)
     pixels = _decode(path)
     if image_path is not None:
-        image_size = _image_size(Path(image_path))
-        mask_size = (pixels.shape[1], pixels.shape[0])
-        if mask_size != image_size:
+        expected, mask_size = image_size(image_path), image_size(path)
+        if mask_size != expected:
             raise ValueError(f"fsad/data/mvtec.py: mask {path} is {mask_size[0]}x{mask_size[1]} "
-                             f"but its image {image_path} is {image_size[0]}x{image_size[1]} "
+                             f"but its image {image_path} is {expected[0]}x{expected[1]} "
                              "(width x height); remake the mask at the image's size")
     mask = torch.from_numpy((pixels.max(axis=2) > 0.5).astype(np.float32))[None]  # 1 x h x w
     if mask.shape[1:] != (height, width):

@@ -1,8 +1,13 @@
 """``fsad predict``: score new images with a saved detector folder, never refitting.
 
 Writes ``predictions.csv`` (path, score, normalised_score, label, ...), a heat-map overlay per
-image and, on request, a binary defect mask per image, all at the image's original size;
-``label`` is ``anomalous`` above the threshold (normalised score 0.5).
+image, ``report.html`` to look at them all (``fsad.product.report``) and, on request, a binary
+defect mask per image, all at the image's size as viewers
+show it (EXIF orientation applied); ``label`` is ``anomalous`` above the threshold
+(normalised score 0.5). An image of more than ``OVERLAY_PIXELS`` pixels (16.7 M, e.g. a
+14000 x 14000 line-scan image) gets its heat-map and mask downscaled by 2, 4, ... until
+they fit, with the image's aspect ratio: a full-size overlay would take GBs of memory and
+tens of seconds to write, and no screen shows it whole.
 """
 
 from __future__ import annotations
@@ -19,17 +24,19 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from fsad.data.mvtec import read_image, resize_image
+from fsad.data.mvtec import downscale_factor, read_image, resize_image
 from fsad.io import atomic_dir, atomic_path, write_csv_atomic
 from fsad.methods.base import to_float
 from fsad.methods.registry import load_detector
 from fsad.product.export import use_exported_features
 from fsad.product.images import find_images
+from fsad.product.report import thumbnail, write_report
 from fsad.product.threshold import Threshold
 
 PREDICTIONS_FILE = "predictions.csv"
 PREDICT_BATCH = 16
 PREDICT_PIXELS = 64_000_000  # originals kept per batch, for the full-size overlays
+OVERLAY_PIXELS = 2**24  # the largest heat-map and mask written (4096 x 4096); larger images get theirs downscaled
 # A run of at least this many images shows a progress bar.
 PROGRESS_FROM = 20
 
@@ -68,7 +75,8 @@ def _batches(found: Sequence[tuple[Path, str]], size: int):
 
     Yields:
         ``[(path, name, original 3 x H x W uint8, resized 3 x size x size float)]`` and
-        ``[(path, error message)]`` of the files that could not be read.
+        ``[(path, error message)]`` of the files that could not be read. The original is
+        at the image's own size, downscaled to at most ``OVERLAY_PIXELS``.
     """
     batch, failed, pixels = [], [], 0
     for path, name in found:
@@ -77,8 +85,13 @@ def _batches(found: Sequence[tuple[Path, str]], size: int):
         except (ValueError, FileNotFoundError) as error:
             failed.append((path, str(error)))
             continue
+        resized = resize_image(original, size)  # 3 x size x size: what the detector scores
+        height, width = original.shape[1:]
+        factor = downscale_factor(width, height, OVERLAY_PIXELS)
+        if factor > 1:
+            original = resize_image(original, (-(-height // factor), -(-width // factor)))
         # uint8 originals: a batch of camera-sized images stays within a few hundred MiB.
-        batch.append((path, name, (original * 255).round().to(torch.uint8), resize_image(original, size)))
+        batch.append((path, name, (original * 255).round().to(torch.uint8), resized))
         pixels += original.shape[1] * original.shape[2]
         if len(batch) == PREDICT_BATCH or pixels >= PREDICT_PIXELS:
             yield batch, failed
@@ -90,13 +103,14 @@ def _batches(found: Sequence[tuple[Path, str]], size: int):
 @torch.no_grad()
 def predict_product(detector_dir: Path, images: Sequence[str | Path], out: Path, masks: bool = False,
                     device: str | None = None, progress: bool = True) -> dict[str, Any]:
-    """Score images with a saved detector; write predictions.csv, heat-maps and (``masks``) masks to ``out``.
+    """Score images with a saved detector; write predictions.csv, heat-maps, (``masks``) masks and report.html to ``out``.
 
     An unreadable image does not stop the run: its row has label ``error`` and the message,
     and the summary counts it (the CLI then exits with an error after writing everything).
 
     Returns:
-        ``{"csv", "heatmaps", "masks", "images", "anomalous", "errors": [(path, message)], "method"}``.
+        ``{"csv", "heatmaps", "masks", "report", "images", "anomalous", "errors": [(path, message)], "method",
+        "seconds"}``; ``seconds``: reading, scoring and writing the images.
     """
     detector, record = load_detector(Path(detector_dir), device=device)
     use_exported_features(detector, Path(detector_dir))  # fsad export's graph, where the folder has one
@@ -109,6 +123,8 @@ def predict_product(detector_dir: Path, images: Sequence[str | Path], out: Path,
     threshold = Threshold(**{k: record["threshold"][k] for k in ("image", "pixel", "image_normal", "pixel_normal")})
     rows: list[dict[str, Any]] = []
     errors: list[tuple[str, str]] = []
+    thumbnails: dict[str, str] = {}  # path: the overlay, small, for report.html
+    tic = time.perf_counter()
     with atomic_dir(out / "heatmaps") as heat_dir, atomic_dir(out / "masks") as mask_dir:
         bar = tqdm(total=len(found), desc="predict", unit="image",
                    disable=True if not progress or len(found) < PROGRESS_FROM else None)  # None: off without a terminal
@@ -123,7 +139,9 @@ def predict_product(detector_dir: Path, images: Sequence[str | Path], out: Path,
                     full = F.interpolate(score_map[None, None], size=original.shape[1:], mode="bilinear",
                                          align_corners=False)[0, 0]  # H x W, the image's own size
                     pixel_norm = threshold.normalise_map(full)
-                    _write_png(heat_dir / name, overlay(original, pixel_norm).permute(1, 2, 0).numpy())
+                    heatmap = overlay(original, pixel_norm).permute(1, 2, 0).numpy()  # H x W x 3 uint8
+                    _write_png(heat_dir / name, heatmap)
+                    thumbnails[str(path)] = thumbnail(heatmap)
                     row = {"path": str(path), "score": float(score), "normalised_score": float(norm),
                            "label": "anomalous" if norm > 0.5 else "normal", "heatmap": str(out / "heatmaps" / name)}
                     if masks:
@@ -135,10 +153,12 @@ def predict_product(detector_dir: Path, images: Sequence[str | Path], out: Path,
     if not masks:
         (out / "masks").rmdir()  # atomic_dir made it; nothing was asked of it
     columns = ["path", "score", "normalised_score", "label", "heatmap"] + (["mask"] if masks else []) + ["error"]
+    seconds = time.perf_counter() - tic
     write_csv_atomic(out / PREDICTIONS_FILE, pd.DataFrame(rows, columns=columns))
+    report = write_report(out, rows, record, Path(detector_dir), thumbnails, seconds)
     return {"csv": out / PREDICTIONS_FILE, "heatmaps": out / "heatmaps", "masks": out / "masks" if masks else None,
-            "images": len(found), "anomalous": sum(r["label"] == "anomalous" for r in rows), "errors": errors,
-            "method": record["method"]}
+            "report": report, "images": len(found), "anomalous": sum(r["label"] == "anomalous" for r in rows),
+            "errors": errors, "method": record["method"], "seconds": seconds}
 
 
 def predict_command(detector: str, images: Sequence[str], out: str, masks: bool) -> None:
@@ -146,9 +166,12 @@ def predict_command(detector: str, images: Sequence[str], out: str, masks: bool)
     tic = time.perf_counter()
     summary = predict_product(Path(detector), images, Path(out), masks)
     scored = summary["images"] - len(summary["errors"])
-    print(f"{summary['method']}: {scored} images scored, {summary['anomalous']} anomalous; {time.perf_counter() - tic:.1f} s")
+    speed = scored / summary["seconds"] if summary["seconds"] > 0 else float("nan")
+    print(f"{summary['method']}: {scored} images scored, {summary['anomalous']} anomalous; {time.perf_counter() - tic:.1f} s "
+          f"({speed:.1f} images/s read, scored and written)")
     print(f"predictions: {summary['csv']}")
     print(f"heat-maps: {summary['heatmaps']}" + (f"\nmasks: {summary['masks']}" if summary["masks"] else ""))
+    print(f"report: {summary['report']}")
     if summary["errors"]:
         first = summary["errors"][0][0]
         raise ValueError(f"fsad predict: {len(summary['errors'])} of {summary['images']} images could not be read "

@@ -26,14 +26,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
-
-from fsad.data.mvtec import Category, list_categories, load_category, nfc
+from fsad.data.mvtec import Category, check_image, list_categories, load_category, nfc
 from fsad.study.evaluation import IMAGE_METRICS, PIXEL_METRICS
 
 log = logging.getLogger(__name__)
-
-_UNREADABLE_MODES = ("F",)  # floating point: range unknown (fsad.data.mvtec refuses it too)
 
 
 class PreflightError(ValueError):
@@ -67,16 +63,11 @@ class Checked:
 
 
 def _image_problem(path: Path, category: str) -> tuple[str | None, tuple[int, int] | None]:
-    """``(problem or None, (width, height) or None)`` of one image file, from its header and chunks."""
+    """``(problem or None, (width, height) as viewers show it, or None)`` of one image file, without decoding its pixels."""
     try:
-        with Image.open(path) as image:
-            size, mode = image.size, image.mode
-            image.verify()  # reads the whole file without decoding pixels: truncation, bad CRCs
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
-        return f"category {category!r}: cannot read image {path} ({error}); replace or remove the file", None
-    if mode in _UNREADABLE_MODES:
-        return f"category {category!r}: {path} is a floating-point image, whose range is unknown; save it as 8 or 16 bit", size
-    return None, size
+        return None, check_image(path)  # the reader's own checks: verify, EXIF orientation, size limits
+    except (ValueError, FileNotFoundError) as error:
+        return f"category {category!r}: {str(error).removeprefix('fsad/data/mvtec.py: ')}", None
 
 
 def _file_problems(category: Category) -> list[str]:

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from fsad.data.loading import load_images, load_masks
-from fsad.data.mvtec import list_categories, load_category, read_image, read_mask, resize_image
+from fsad.data.mvtec import check_image, image_size, list_categories, load_category, read_image, read_mask, resize_image
 
 FSAD_MINI_COUNTS = {  # category: (train/good, test/good, test defective, has masks), its README
     "bottle": (209, 20, 63, False),
@@ -255,3 +255,88 @@ def test_sixteen_bit_tiff_is_divided_by_65535(tmp_path):
     path = _save(tmp_path / "deep.tif", Image.fromarray(deep))
     assert Image.open(path).mode.startswith("I;16")
     assert torch.allclose(read_image(path, None)[2], torch.from_numpy(deep / 65535.0).float(), atol=1e-6)
+
+
+def test_a_mask_named_in_another_unicode_form_than_its_image_is_found(tmp_path):
+    import unicodedata
+
+    category = _tiny_category(tmp_path)
+    composed = "caf\u00e9"
+    decomposed = unicodedata.normalize("NFD", composed)
+    _save(category / "test" / "scratch" / f"{composed}.png", Image.new("RGB", (8, 6), (250, 0, 0)))
+    mask = _save(category / "ground_truth" / "scratch" / f"{decomposed}_mask.png", _grey(255))  # as macOS writes it
+    scratch = unicodedata.normalize("NFD", "\u00e9raflure")  # the defect folder too, in the other form in ground_truth
+    (category / "test" / "scratch").rename(category / "test" / "\u00e9raflure")
+    (category / "ground_truth" / "scratch").rename(category / "ground_truth" / scratch)
+    loaded = load_category(tmp_path, "widget")
+    masks = {s.path.name: s.mask_path for s in loaded.test if s.label == 1}
+    assert masks[f"{composed}.png"] == category / "ground_truth" / scratch / mask.name
+    assert masks["d.png"].name == "d_mask.png" and masks["e.jpg"].name == "e_mask.png"
+
+
+def _exif_rotated(path: Path, pixels: np.ndarray, orientation: int) -> Path:
+    """Save ``pixels`` (stored as given) with an EXIF orientation tag, as a camera held turned writes it."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(pixels).save(path, exif=exif)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_exif_orientation_is_applied_to_images_and_their_masks(tmp_path, suffix):
+    from PIL import ImageOps
+
+    stored = np.zeros((48, 64, 3), dtype=np.uint8)  # 64 wide, 48 high as stored
+    stored[:, :16] = 255  # a white band on the stored left edge
+    image = _exif_rotated(tmp_path / f"photo{suffix}", stored, 6)  # 6: viewers turn it a quarter clockwise
+    shown = np.array(ImageOps.exif_transpose(Image.open(image)))  # 64 high, 48 wide: the band on top
+    assert shown.shape == (64, 48, 3) and shown[:16].mean() > 200 and shown[16:].mean() < 50
+    pixels = read_image(image, None)
+    assert pixels.shape == (3, 64, 48) and check_image(image) == image_size(image) == (48, 64)
+    assert torch.allclose(pixels, torch.from_numpy(shown).permute(2, 0, 1) / 255.0, atol=1 / 255)
+    mask = _save(tmp_path / "photo_mask.png", Image.fromarray((shown[..., 0] > 127).astype(np.uint8) * 255))  # drawn on the shown image
+    assert torch.equal(read_mask(mask, (64, 48), image_path=image)[0], torch.from_numpy(shown[..., 0] > 127).float())
+    with pytest.raises(ValueError, match=r"is 64x48 but its image .* is 48x64"):
+        read_mask(_save(tmp_path / "stored_mask.png", Image.fromarray(stored)), 8, image_path=image)
+
+
+def test_an_image_over_pillows_decompression_bomb_limit_is_read_downscaled(tmp_path, monkeypatch):
+    from fsad.data import mvtec
+
+    assert mvtec.downscale_factor(14000, 14000, mvtec.DECODE_PIXELS) == 2 and mvtec.downscale_factor(8192, 8192, mvtec.DECODE_PIXELS) == 1
+    monkeypatch.setattr(mvtec, "DECODE_PIXELS", 2**20)  # 1024 x 1024: the same code path, smaller arrays
+    line_scan = tmp_path / "line_scan.png"
+    Image.new("L", (14000, 14000), 90).save(line_scan, compress_level=1)  # 196 M pixels, > Pillow's 179 M
+    pixels = read_image(line_scan, None)
+    assert check_image(line_scan) == (14000, 14000) and pixels.shape == (3, 875, 875) and torch.allclose(pixels, torch.tensor(90 / 255))
+    assert read_mask(line_scan, 4, image_path=line_scan).sum() == 0
+    jpeg = tmp_path / "line_scan.jpg"
+    Image.new("L", (14001, 12800), 200).save(jpeg)  # decoded at 1/8 (1751 x 1600), then halved; odd width rounded up
+    assert read_image(jpeg, None).shape == (3, 800, 876)
+    assert torch.equal(read_image(jpeg, (16, 8)), resize_image(read_image(jpeg, None), (16, 8)))
+
+
+def test_an_image_beyond_what_fsad_reads_is_refused_naming_it(tmp_path):
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0))  # 900 M pixels claimed, no data
+    giant = tmp_path / "giant.png"
+    giant.write_bytes(b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(b"\x00")) + chunk(b"IEND", b""))
+    for read in (lambda path: read_image(path, 8), check_image):
+        with pytest.raises(ValueError, match=r"giant\.png is 30000x30000 \(900 megapixels\), more than fsad reads"):
+            read(giant)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_reads_as_pillows_exif_transpose_shows_it(tmp_path, orientation):
+    from PIL import ImageOps
+
+    stored = np.random.default_rng(orientation).integers(0, 256, (6, 10, 3), dtype=np.uint8)
+    image = _exif_rotated(tmp_path / "photo.png", stored, orientation)
+    shown = np.array(ImageOps.exif_transpose(Image.open(image)))
+    assert torch.equal(read_image(image, None), torch.from_numpy(shown).permute(2, 0, 1) / 255.0)
+    assert image_size(image) == (shown.shape[1], shown.shape[0])
