@@ -80,3 +80,20 @@ def test_leftovers_of_a_killed_writer_are_removed_by_the_next_write(tmp_path):
     with atomic_dir(tmp_path / "prepared") as tmp:
         (tmp / "new.json").write_text("{}")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "prepared", "results.csv"])
+
+
+def test_files_get_the_mode_of_a_plain_write_not_a_private_one(tmp_path):
+    """mkstemp's 0600 must not reach results others read (heat-maps, CSVs, report.html)."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        write_json_atomic(tmp_path / "new.json", {"a": 1})
+        assert (tmp_path / "new.json").stat().st_mode & 0o777 == 0o644
+        kept = tmp_path / "kept.json"
+        kept.write_text("{}")
+        kept.chmod(0o640)
+        write_json_atomic(kept, {"a": 2})
+        assert kept.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)
