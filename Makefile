@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test test-slow run repro strip-notebooks
+.PHONY: install test test-single-thread test-slow test-all run repro strip-notebooks
 
 install:  ## virtualenv + pinned requirements + fsad (editable) + offline weights + Jupyter kernel
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,16 @@ install:  ## virtualenv + pinned requirements + fsad (editable) + offline weight
 test:  ## the default suite (CPU, under 10 minutes on 2 cores)
 	$(BIN)/python -m pytest
 
-test-slow:  ## long tests (minutes; GPU when available)
-	$(BIN)/python -m pytest -m slow
+# The RegAD training tests again on one thread: a segmentation fault in the backward pass was seen
+# once that way on an AMD EPYC machine (issue 19); pytest's faulthandler prints the stack if it recurs.
+test-single-thread:  ## the RegAD training tests single-threaded (OMP_NUM_THREADS=1)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest tests/methods/regad/test_training.py tests/methods/regad/test_resume.py
+
+# Exit status 5 (no test collected) is a pass: a checkout may hold no slow test.
+test-slow:  ## the slow tests alone: the pipeline end to end, the object store, the browser (minutes; GPU when available)
+	$(BIN)/python -m pytest -m slow || [ $$? -eq 5 ]
+
+test-all: test test-single-thread test-slow  ## everything CI runs (.ci/run)
 
 run:  ## train and evaluate RegAD on the embedded default data
 	$(BIN)/fsad run --config configs/default.yaml
