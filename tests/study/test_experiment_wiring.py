@@ -29,7 +29,8 @@ def test_each_target_is_scored_by_the_model_of_the_other_categories_on_the_saved
     results = run_experiment(config, tmp_path, progress=False).set_index(["method", "category", "shots", "support_set"])
     for target, others in (("disc", ["ring", "stripes"]), ("ring", ["disc", "stripes"])):
         path = tmp_path / "models" / target / MODEL_NAME
-        assert torch.load(path, weights_only=True)["train_categories"] == others, f"{target}'s model was not trained on exactly the other categories"
+        trained_on = torch.load(path, weights_only=True)["train_categories"]
+        assert trained_on == others, f"{target}'s model was not trained on exactly the other categories"
         category = load_category(toy_root, target)
         sets = load_support_sets(tmp_path / "support_sets" / f"{target}.json", category)
         test = TestSet.load(category, TRAINED.image_size)
