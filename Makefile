@@ -17,10 +17,13 @@ install:  ## virtualenv + pinned requirements + fsad (editable) + offline weight
 test:  ## the default suite (CPU, under 10 minutes on 2 cores)
 	$(BIN)/python -m pytest
 
-# The RegAD training tests again on one thread: a segmentation fault in the backward pass was seen
-# once that way on an AMD EPYC machine (issue 19); pytest's faulthandler prints the stack if it recurs.
-test-single-thread:  ## the RegAD training tests single-threaded (OMP_NUM_THREADS=1)
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest tests/methods/regad/test_training.py tests/methods/regad/test_resume.py
+# The RegAD training tests again on one thread, then with oneDNN held to AVX2 as on an AMD EPYC without
+# AVX-512: that way a diverging test training once reached a NaN STN transform and a segmentation fault
+# in grid_sample's backward (issue 19; fsad.methods.regad.stn.warp); faulthandler prints the stack if one recurs.
+REGAD_TRAINING_TESTS := tests/methods/regad/test_training.py tests/methods/regad/test_resume.py tests/methods/regad/test_diverged.py
+test-single-thread:  ## the RegAD training tests single-threaded (OMP_NUM_THREADS=1), also on oneDNN's AVX2 kernels
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest $(REGAD_TRAINING_TESTS)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 ONEDNN_MAX_CPU_ISA=AVX2 $(BIN)/python -m pytest $(REGAD_TRAINING_TESTS)
 
 # Exit status 5 (no test collected) is a pass: a checkout may hold no slow test.
 test-slow:  ## the slow tests alone: the pipeline end to end, the object store, the browser (minutes; GPU when available)

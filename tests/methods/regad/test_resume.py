@@ -20,7 +20,7 @@ from fsad.methods.regad import training
 from fsad.methods.regad.training import CHECKPOINT_NAME, MODEL_NAME, epoch_batches
 
 EPOCHS = 3
-TINY = RegADConfig(pretrained=False, image_size=32, epochs=EPOCHS, batch_size=4, train_shots=(2,), lr=0.01, device="cpu")
+TINY = RegADConfig(pretrained=False, image_size=32, epochs=EPOCHS, batch_size=4, train_shots=(2,), lr=0.005, device="cpu")
 SIZES = [12, 12]  # train/good of ring and stripes: the training categories of the target disc
 
 
