@@ -130,7 +130,7 @@ def warp(features: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
             with reflection padding does not bound-check such positions: its backward pass
             writes out of bounds and the process dies with a segmentation fault (torch 2.15;
             seen with oneDNN's AVX2 kernels, e.g. on AMD EPYC without AVX-512, issue 19).
-            CUDA's kernel checks its bounds, and the check here would cost a device sync.
+            Not checked on a GPU, where it would cost a device sync per warp.
     """
     grid = F.affine_grid(theta, list(features.shape), align_corners=False)  # B x H x W x 2
     if grid.device.type == "cpu" and not torch.isfinite(grid).all():
