@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import sys
 import time
@@ -184,7 +185,22 @@ def _study_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--check", action="store_true", help="only validate the config and the data set (seconds), run nothing")
 
 
+def _enable_faulthandler() -> None:
+    """A crash in native code (a segmentation fault in a torch kernel) prints the Python stack of every thread to stderr.
+
+    Left alone where something (pytest, ``python -X faulthandler``) enabled it already, or
+    where stderr is no file (a notebook's captured stream).
+    """
+    if faulthandler.is_enabled():
+        return
+    try:
+        faulthandler.enable()
+    except (RuntimeError, ValueError):  # no sys.stderr, or one without a file descriptor (io.UnsupportedOperation)
+        pass
+
+
 def main(argv: list[str] | None = None) -> None:
+    _enable_faulthandler()
     parser = argparse.ArgumentParser(prog="fsad", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -122,8 +122,20 @@ def determinant(theta: torch.Tensor) -> torch.Tensor:
 
 
 def warp(features: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """Sample ``features`` (B x C x H x W) at ``theta``-transformed positions, reflecting at borders."""
+    """Sample ``features`` (B x C x H x W) at ``theta``-transformed positions, reflecting at borders.
+
+    Raises:
+        ValueError: on the CPU, a sampling position that is NaN or infinite (a diverged
+            training: ``theta`` grows past 1e20, then overflows). The CPU ``grid_sample``
+            with reflection padding does not bound-check such positions: its backward pass
+            writes out of bounds and the process dies with a segmentation fault (torch 2.15;
+            seen with oneDNN's AVX2 kernels, e.g. on AMD EPYC without AVX-512, issue 19).
+            Not checked on a GPU, where it would cost a device sync per warp.
+    """
     grid = F.affine_grid(theta, list(features.shape), align_corners=False)  # B x H x W x 2
+    if grid.device.type == "cpu" and not torch.isfinite(grid).all():
+        raise ValueError("RegAD's STN produced a transform that is not finite (NaN or infinity): the training diverged; "
+                         "lower regad.lr (or regad.stn_lr), or set regad.stn_identity_penalty")
     return F.grid_sample(features, grid, padding_mode="reflection", align_corners=False)
 
 

@@ -7,7 +7,7 @@ from fsad.data.mvtec import load_category
 from fsad.methods.regad.checkpoint import load_checkpoint, load_model
 from fsad.methods.regad.training import CHECKPOINT_NAME, MODEL_NAME, draw_supports, epoch_batches, train_regad
 
-TINY = RegADConfig(pretrained=False, image_size=32, epochs=2, batch_size=4, train_shots=(2, 3), lr=0.05, device="cpu")
+TINY = RegADConfig(pretrained=False, image_size=32, epochs=2, batch_size=4, train_shots=(2, 3), lr=0.005, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,7 @@ def test_checkpoint_records_its_training_images_and_changed_images_retrain(toy_r
     state = torch.load(tmp_path / "model" / CHECKPOINT_NAME, weights_only=True)
     assert state["train_fingerprints"] == {c.name: category_fingerprint(c) for c in categories}
     assert checkpoint_differences(state, TINY.replace(epochs=1), categories, tmp_path) == []
-    assert checkpoint_differences(state, TINY.replace(epochs=1, lr=0.1), categories, tmp_path) == ["lr: 0.05 -> 0.1"]
+    assert checkpoint_differences(state, TINY.replace(epochs=1, lr=0.1), categories, tmp_path) == ["lr: 0.005 -> 0.1"]
 
     image = tmp_path / "data" / "stripes" / "train" / "good" / "000.png"
     Image.open(image).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(image)  # the data set changed
