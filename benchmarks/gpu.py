@@ -86,6 +86,14 @@ def check_training(device: str, root: Path, tmp: Path) -> str:
     return f"losses {', '.join(f'{x:.4f}' for x in losses)}; {moved} weight tensors changed; two runs differ by at most {differ:.2e}"
 
 
+def _tensors(value) -> list[torch.Tensor]:
+    """Every tensor in nested dicts, lists and tuples."""
+    if torch.is_tensor(value):
+        return [value]
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    return [t for item in items for t in _tensors(item)]
+
+
 def _model_files(tmp: Path) -> dict[str, Path]:
     config = RegADConfig(pretrained=False, image_size=SMOKE_SIZE)
     torch.manual_seed(0)
@@ -104,13 +112,17 @@ def check_method(name: str, device: str, data: tuple[torch.Tensor, torch.Tensor]
     for what, tensor, shape in (("maps", scores.maps, (len(test), SMOKE_SIZE, SMOKE_SIZE)), ("image", scores.image, (len(test),))):
         if tensor.device.type != "cpu" or tuple(tensor.shape) != shape or not torch.isfinite(tensor).all():
             raise AssertionError(f"{what}: {tensor.device}, shape {tuple(tensor.shape)}, finite {bool(torch.isfinite(tensor).all())}")
+    state = [t for t in _tensors(on_device.state()) if t.device.type != "cpu"]
+    if state:
+        raise AssertionError(f"its state holds {len(state)} tensor(s) on {state[0].device}: a saved folder would need that device")
     on_cpu = build_detector(name, settings.replace(device="cpu"), SMOKE_OPTIONS.get(name), files.get(name))
     on_cpu.fit(support)
     expected = on_cpu.predict(test).image
     save_detector(tmp / name, on_cpu, settings.replace(device="cpu"), SMOKE_OPTIONS.get(name))
     moved = load_detector(tmp / name, device=device)[0].predict(test).image
     relative = float(((moved - expected).abs() / expected.abs().clamp_min(1e-12)).max())
-    return f"fit + predict on {device}; CPU-fitted folder on {device}: image scores within {relative:.1e} (relative) of the CPU's"
+    return (f"fit + predict on {device}, CPU scores and state; CPU-fitted folder on {device}: image scores within "
+            f"{relative:.1e} (relative) of the CPU's")
 
 
 def check_devices(device: str) -> str:
