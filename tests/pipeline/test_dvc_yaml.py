@@ -172,6 +172,13 @@ def test_each_stage_runs_on_its_own_device():
                      "evaluate": {"evaluate.device"}, "report": set(), "ablations": {"train.device"}, "baselines": {"train.device"}}
 
 
+def test_evaluate_runs_on_its_device_whatever_the_model_was_trained_on():
+    from fsad.config import EvalSettings, RegADConfig
+
+    trained_on_gpu = RegADConfig(device="cuda")  # what load_model returns for a model trained with train.device: cuda
+    assert EvalSettings(device="cpu").apply(trained_on_gpu).device == "cpu"
+
+
 def test_per_category_outputs_are_where_the_code_writes_them():
     item = "somecategory"
     train_outs = [o.replace("${item}", item) for o in stage_body("train")["outs"]]
