@@ -1,4 +1,4 @@
-"""fsad on one GPU, as one script: the CUDA checks, then RegAD's paper-size timings (under 5 minutes).
+"""fsad on one GPU, as one script: the CUDA checks, then paper-size timings (minutes; not yet run on a GPU).
 
 0. Checks (``--smoke``: only these, about a minute), each PASS or FAIL in a summary; any FAIL
    exits 1: a tiny RegAD training (``train_regad``, loss finite, weights changed; two runs compared,
