@@ -163,13 +163,22 @@ def cmd_ablate(args) -> None:
 def cmd_fit(args) -> None:
     from fsad.product.fit import fit_command
 
-    fit_command(args.images, args.method, args.model, args.config, args.good, args.out, args.force)
+    fit_command(args.images, args.method, args.model, args.config, args.good, args.out, args.force, args.device)
 
 
 def cmd_predict(args) -> None:
     from fsad.product.predict import predict_command
 
-    predict_command(args.detector, args.images, args.out, args.masks)
+    predict_command(args.detector, args.images, args.out, args.masks, args.device)
+
+
+def _device(value: str) -> str:
+    """A ``--device`` value of the form auto, cpu, cuda or cuda:N (whether that GPU exists is checked before any work)."""
+    from fsad.config import DEVICE_FORM
+
+    if not DEVICE_FORM.fullmatch(value):
+        raise argparse.ArgumentTypeError(f"unknown device {value!r}; choose from auto, cpu, cuda, cuda:N")
+    return value
 
 
 def cmd_export(args) -> None:
@@ -266,6 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--good", nargs="+", help="extra good images (files or folders) for the threshold only")
     p.add_argument("--out", required=True, help="the detector folder to write")
     p.add_argument("--force", action="store_true", help="replace a detector of other images or settings in --out")
+    p.add_argument("--device", type=_device, help="where to fit: auto, cpu, cuda, cuda:N (default: the config's device, auto)")
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("predict", help="score images with a fitted detector: predictions.csv, heat-maps, report.html, masks")
@@ -273,6 +283,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("images", nargs="+", help="images: files or folders (searched recursively); any size")
     p.add_argument("--out", required=True, help="where predictions.csv, heatmaps/, report.html and masks/ go")
     p.add_argument("--masks", action="store_true", help="also write a binary mask per image (pixels above the threshold)")
+    p.add_argument("--device", type=_device, default="auto",
+                   help="where to score: auto (default: the GPU when there is one), cpu, cuda, cuda:N; any device, "
+                        "whichever the detector was fitted on")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="run a fitted detector's features in ONNX Runtime: writes DETECTOR/features.onnx",

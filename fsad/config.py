@@ -376,13 +376,26 @@ def training_settings(config: RegADConfig | dict[str, Any]) -> dict[str, Any]:
 
 
 def resolve_device(name: str) -> str:
-    """``"auto"`` -> ``"cuda"`` when a GPU is visible, else ``"cpu"``."""
+    """``"auto"`` -> ``"cuda"`` when a GPU is visible, else ``"cpu"``; a CUDA device is checked to exist
+    and gets full float32 (no TF32, ``fsad.seed.exact_float32``).
+
+    Raises:
+        RuntimeError: ``cuda`` without a visible GPU, or ``cuda:N`` beyond the visible ones (checked
+            here, before any data is read, instead of at the first ``.to()``).
+    """
     import torch
 
     if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device {name!r} asked for but no CUDA device is visible; use device: cpu or auto")
+    if name.startswith("cuda:") and int(name.split(":")[1]) >= (count := torch.cuda.device_count()):
+        raise RuntimeError(f"device {name!r} asked for but this machine has {count} CUDA device(s): "
+                           f"cuda:0{f' to cuda:{count - 1}' if count > 1 else ''}; use one of them, cuda or auto")
+    if name.startswith("cuda"):
+        from fsad.seed import exact_float32
+
+        exact_float32()  # no TF32: GPU features stay comparable with the CPU's
     return name
 
 
@@ -426,6 +439,7 @@ class EvalSettings(Settings):
         augment_support: Use the 22 views of each support image.
         untrained_baseline: Also score the network with untrained STNs and backbone (the
             reference that shows what registration training adds).
+        device: Where to evaluate, whatever device the model was trained on.
     """
 
     metrics: Metrics = ("image_auroc", "pixel_auroc", "aupro")
@@ -433,10 +447,11 @@ class EvalSettings(Settings):
     blur_sigma: BlurSigma = 4.0
     augment_support: bool = True
     untrained_baseline: bool = True
+    device: Device = "auto"
 
     def apply(self, config: RegADConfig) -> RegADConfig:
-        """``config`` (from the checkpoint) with these test-time settings."""
-        return config.replace(eps=self.eps, blur_sigma=self.blur_sigma, augment_support=self.augment_support)
+        """``config`` (from the checkpoint, with the device it was trained on) with these test-time settings."""
+        return config.replace(eps=self.eps, blur_sigma=self.blur_sigma, augment_support=self.augment_support, device=self.device)
 
 
 # ----------------------------------------------------------------------------- the studies

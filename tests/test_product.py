@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import struct
 import zlib
@@ -356,3 +357,57 @@ def test_report_shows_in_a_real_browser_when_moved_away(product, capsys, tmp_pat
     red_bars = (np.abs(pixels - [0xE4, 0x57, 0x56]).sum(axis=2) < 30).sum()  # anomalous bars and labels
     blue_bars = (np.abs(pixels - [0x4C, 0x78, 0xA8]).sum(axis=2) < 30).sum()  # normal bars and labels
     assert red_bars > 500 and blue_bars > 500
+
+
+# ----------------------------------------------------------------------------- devices (issue 22)
+def _as_if_fitted_on(folder: Path, device: str) -> None:
+    """Rewrite a detector folder's settings as a GPU machine would have written them."""
+    saved = torch.load(folder / "detector.pt", map_location="cpu", weights_only=True)
+    saved["settings"]["regad"]["device"] = device
+    torch.save(saved, folder / "detector.pt")
+    record = json.loads((folder / "detector.json").read_text())
+    record["settings"]["regad"]["device"] = device
+    (folder / "detector.json").write_text(json.dumps(record))
+
+
+def test_fit_regad_l_trains_on_each_support_set(product, capsys):
+    """RegAD-L trains inside fit; fsad fit used to run it without gradients (issue 22, item 1)."""
+    config = product["tmp"] / "regad_l.yaml"
+    config.write_text(CONFIG + "options:\n  epochs: 1\n")
+    out = product["tmp"] / "regad_l"
+    fsad("fit", product["good"], "--method", "regad_l", "--config", config, "--out", out)
+    assert "regad_l fitted on K = 4 images" in capsys.readouterr().out
+    fsad("predict", out, product["test"], "--out", product["tmp"] / "results")
+    assert len(pd.read_csv(product["tmp"] / "results" / "predictions.csv")) == 8
+
+
+def test_fit_and_predict_run_on_the_device_asked_and_folders_move(product, capsys):
+    good, tmp = product["good"], product["tmp"]
+    cuda = tmp / "cuda.yaml"
+    cuda.write_text(CONFIG.replace("device: cpu", "device: cuda"))
+    if not torch.cuda.is_available():
+        assert "no CUDA device is visible" in fails(capsys, "fit", good, "--config", cuda, "--out", tmp / "d")
+    fsad("fit", good, "--config", cuda, "--device", "cpu", "--out", tmp / "d")  # --device overrides the config
+    assert load_detector(tmp / "d", device="cpu")[1]["settings"]["regad"]["device"] == "cpu"
+    fsad("predict", tmp / "d", product["test"], "--device", "cpu", "--out", tmp / "on_cpu")
+    _as_if_fitted_on(tmp / "d", "cuda")  # a folder fitted on a GPU machine, brought here
+    fsad("predict", tmp / "d", product["test"], "--out", tmp / "auto")  # default: auto
+    on_cpu, auto = (pd.read_csv(tmp / f / "predictions.csv") for f in ("on_cpu", "auto"))
+    assert np.allclose(on_cpu["score"], auto["score"])
+    fsad("fit", good, "--config", product["config"], "--device", "cpu", "--out", tmp / "d")  # same images: no --force
+    for command in (["fit", good, "--out", tmp / "e"], ["predict", tmp / "d", good, "--out", tmp / "r"]):
+        with pytest.raises(SystemExit) as exit_info:
+            fsad(*command, "--device", "gpu")
+        assert exit_info.value.code == 2 and "unknown device 'gpu'" in capsys.readouterr().err
+
+
+def test_a_cuda_index_beyond_the_machine_fails_before_any_work(product, capsys, monkeypatch):
+    """cuda:3 on a one-GPU machine fails naming the GPUs, before images are read (issue 22, item 3)."""
+    fsad("fit", product["good"], "--config", product["config"], "--out", product["tmp"] / "d")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    line = fails(capsys, "fit", product["good"], "--config", product["config"], "--device", "cuda:3", "--out", product["tmp"] / "e")
+    assert "'cuda:3'" in line and "1 CUDA device(s): cuda:0" in line
+    line = fails(capsys, "predict", product["tmp"] / "d", product["test"], "--device", "cuda:3", "--out", product["tmp"] / "r")
+    assert "1 CUDA device(s)" in line
+    assert not (product["tmp"] / "e").exists() and not (product["tmp"] / "r").exists()

@@ -45,13 +45,14 @@ def _blur_operator(size: int, sigma: float) -> torch.Tensor:
         size x size float64 matrix B.
     """
     radius = int(4 * sigma + 0.5)
-    taps = torch.arange(-radius, radius + 1, dtype=torch.float64)  # 2r + 1
-    weights = torch.exp(-0.5 * (taps / sigma) ** 2)
-    weights /= weights.sum()  # 2r + 1, scipy's normalised kernel
-    padded = _scipy_reflect_index(size, radius, torch.device("cpu"))  # size + 2r
-    sources = padded[torch.arange(size)[:, None] + torch.arange(2 * radius + 1)]  # size x (2r + 1)
-    operator = torch.zeros(size, size, dtype=torch.float64)
-    operator.scatter_add_(1, sources, weights.expand(size, -1))  # a source may recur near a border
+    with torch.device("cpu"):  # built once on the host and cached; anomaly_map moves it to the maps' device
+        taps = torch.arange(-radius, radius + 1, dtype=torch.float64)  # 2r + 1
+        weights = torch.exp(-0.5 * (taps / sigma) ** 2)
+        weights /= weights.sum()  # 2r + 1, scipy's normalised kernel
+        padded = _scipy_reflect_index(size, radius, torch.device("cpu"))  # size + 2r
+        sources = padded[torch.arange(size)[:, None] + torch.arange(2 * radius + 1)]  # size x (2r + 1)
+        operator = torch.zeros(size, size, dtype=torch.float64)
+        operator.scatter_add_(1, sources, weights.expand(size, -1))  # a source may recur near a border
     return operator
 
 

@@ -58,6 +58,7 @@ from fsad.methods.base import (
     Scores,
     backbone_architecture,
     batched,
+    device_chunks,
     frozen,
     module_state,
     nearest_distances,
@@ -181,7 +182,7 @@ class AnomalyDINO(Detector):
         return batched(self._features, images, self.device)
 
     def fit(self, support: torch.Tensor) -> None:
-        images = to_float(support)
+        images = to_float(support.to(self.device))  # K x 3 x S x S, rotated on the device
         if self.rotation:
             images = rotated_copies(images)  # 8K x 3 x S x S
         self.bank = positions(self.embed(images)[0]).to(self.device)  # (8K h w) x D
@@ -204,11 +205,13 @@ class AnomalyDINO(Detector):
     def predict_embedded(self, embedded: Embedding) -> Scores:
         if self.bank is None:
             raise RuntimeError("fsad/methods/anomalydino.py: call fit(support) before scoring")
-        features, mask = (t.to(self.device) for t in embedded)  # N x D x h x w, N x h x w
-        n, _, h, w = features.shape
         # Queries per matmul such that the chunk x M ranking matrix stays near 64 MiB (the bank has 8 K h w rows).
         chunk = max(256, 2**24 // len(self.bank))
-        euclidean = nearest_distances(positions(features), self.bank, chunk=chunk)[0][:, 0]  # (N h w), unit vectors
-        distances = (euclidean.square() / 2).view(n, h, w) * mask  # 1 - cos; background scores 0
-        maps = anomaly_map(distances, (self.image_size, self.image_size), self.sigma).cpu()
-        return Scores(maps=maps, image=mean_top_fraction(distances.flatten(1)).cpu())
+        maps, image = [], []
+        for _, (features, mask) in device_chunks(embedded, self.device):  # B x D x h x w, B x h x w
+            b, _, h, w = features.shape
+            euclidean = nearest_distances(positions(features), self.bank, chunk=chunk)[0][:, 0]  # (B h w), unit vectors
+            distances = (euclidean.square() / 2).view(b, h, w) * mask  # 1 - cos; background scores 0
+            maps.append(anomaly_map(distances, (self.image_size, self.image_size), self.sigma).cpu())
+            image.append(mean_top_fraction(distances.flatten(1)).cpu())
+        return Scores(maps=torch.cat(maps), image=torch.cat(image))

@@ -36,6 +36,9 @@ from fsad.data.loading import to_float
 
 # What ``embed`` returns: tensors whose first dimension indexes the images.
 Embedding = tuple[torch.Tensor, ...]
+# Embedded test images moved to the device at a time by ``predict_embedded``: SPADE's WRN-50 pixel
+# features are ~22 MB per 224-px image, so a whole test set (3.7 GB for 167 images) never is.
+PREDICT_CHUNK = 16
 
 
 @dataclass
@@ -60,9 +63,11 @@ class Detector(ABC):
         embedding_depends_on_support: True when ``embed`` must run after every ``fit``.
         min_support: The fewest support images ``fit`` accepts.
         image_size: Side of the square images it takes and the maps it returns.
+        device: Where it computes (``cpu``, ``cuda``, ``cuda:N``); inputs and outputs are CPU tensors.
     """
 
     name: str = ""
+    device: str = "cpu"
     embedding_depends_on_support: bool = False
     min_support: int = 1
     image_size: int
@@ -154,12 +159,25 @@ def gaussian_from_state(state: dict[str, Any], device: str) -> Gaussian:
 @torch.no_grad()
 def batched(fn: Callable[[torch.Tensor], Sequence[torch.Tensor]], images: torch.Tensor, device: str,
             batch_size: int = 32) -> Embedding:
-    """Apply ``fn`` to float batches of ``images`` on ``device``; concatenate each output on the CPU."""
+    """Apply ``fn`` to float batches of ``images`` on ``device``; concatenate each output on the CPU.
+
+    uint8 images are converted to float on the device, after the transfer (a quarter of the bytes).
+    """
     outputs: list[list[torch.Tensor]] = []
     for chunk in images.split(batch_size):
-        result = fn(to_float(chunk).to(device))
+        result = fn(to_float(chunk.to(device)))
         outputs.append([t.cpu() for t in result])
     return tuple(torch.cat(parts) for parts in zip(*outputs))
+
+
+def device_chunks(embedded: Embedding, device: str, size: int = PREDICT_CHUNK):
+    """The embedded images ``size`` at a time on ``device``: bounded device memory whatever the test set.
+
+    Yields:
+        ``(start, chunk)``: the index of the chunk's first image and its tensors (B x ...) on ``device``.
+    """
+    for start in range(0, len(embedded[0]), size):
+        yield start, tuple(t[start : start + size].to(device) for t in embedded)
 
 
 def frozen(backbone: FeatureExtractor, device: str) -> FeatureExtractor:

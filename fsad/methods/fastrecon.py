@@ -48,7 +48,18 @@ import torch.nn.functional as F
 
 from fsad.components.anomaly_map import anomaly_map
 from fsad.components.backbones import FeatureExtractor
-from fsad.methods.base import Detector, Embedding, Scores, backbone_architecture, batched, concat_stages, frozen, module_state, positions
+from fsad.methods.base import (
+    Detector,
+    Embedding,
+    Scores,
+    backbone_architecture,
+    batched,
+    concat_stages,
+    device_chunks,
+    frozen,
+    module_state,
+    positions,
+)
 from fsad.methods.patchcore import greedy_coreset
 
 # The official 1 % coreset of a 224-px input's 28 x 28 stride-8 grid: 7.84 rows per support image.
@@ -163,13 +174,15 @@ class FastRecon(Detector):
     def predict_embedded(self, embedded: Embedding) -> Scores:
         if self.projection is None:
             raise RuntimeError("fsad/methods/fastrecon.py: call fit(support) before scoring")
-        features = embedded[0].to(self.device)  # N x D x h x w
-        n, _, h, w = features.shape
+        _, _, h, w = embedded[0].shape  # N x D x h x w
         if h * w != len(self.mean):
             raise ValueError(f"fsad/methods/fastrecon.py: test features are {h}x{w} positions, the support mean has "
                              f"{len(self.mean)}; score images of the size the detector was fitted on ({self.image_size} px)")
-        queries = features.flatten(2).transpose(1, 2)  # N x hw x D
-        errors = torch.linalg.vector_norm(queries - reconstruct(queries, self.mean, self.projection, self.regularization), dim=2)
-        errors = errors.view(n, h, w)  # N x h x w
-        maps = anomaly_map(errors, (self.image_size, self.image_size), self.sigma).cpu()
-        return Scores(maps=maps, image=errors.flatten(1).amax(dim=1).cpu())
+        maps, image = [], []
+        for _, (features,) in device_chunks(embedded, self.device):  # B x D x h x w
+            queries = features.flatten(2).transpose(1, 2)  # B x hw x D
+            errors = torch.linalg.vector_norm(queries - reconstruct(queries, self.mean, self.projection, self.regularization), dim=2)
+            errors = errors.view(len(features), h, w)  # B x h x w
+            maps.append(anomaly_map(errors, (self.image_size, self.image_size), self.sigma).cpu())
+            image.append(errors.flatten(1).amax(dim=1).cpu())
+        return Scores(maps=torch.cat(maps), image=torch.cat(image))

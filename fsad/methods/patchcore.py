@@ -32,6 +32,7 @@ from fsad.methods.base import (
     Scores,
     backbone_architecture,
     batched,
+    device_chunks,
     frozen,
     module_state,
     nearest_distances,
@@ -61,17 +62,17 @@ def greedy_coreset(features: torch.Tensor, count: int, projection_dim: int | Non
     n, d = features.shape
     if not 1 <= count <= n:
         raise ValueError(f"fsad/methods/patchcore.py: coreset size must be in [1, {n}], got {count}")
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)  # on the host: the same draws on every device
     if projection_dim is not None and d > projection_dim:
-        projection = torch.randn(d, projection_dim, generator=generator) / math.sqrt(projection_dim)
+        projection = torch.randn(d, projection_dim, generator=generator, device="cpu") / math.sqrt(projection_dim)
         features = features @ projection.to(features)  # N x projection_dim
-    chosen = [int(torch.randint(n, (1,), generator=generator))]
+    chosen = [int(torch.randint(n, (1,), generator=generator, device="cpu"))]
     closest = torch.linalg.vector_norm(features - features[chosen[0]], dim=1)  # N
     for _ in range(count - 1):
         index = int(closest.argmax())
         chosen.append(index)
         closest = torch.minimum(closest, torch.linalg.vector_norm(features - features[index], dim=1))
-    return torch.tensor(chosen)
+    return torch.tensor(chosen, device=features.device)
 
 
 def reweighted_score(patch_feature: torch.Tensor, bank: torch.Tensor, neighbours: int) -> torch.Tensor:
@@ -154,13 +155,12 @@ class PatchCore(Detector):
     def predict_embedded(self, embedded: Embedding) -> Scores:
         if self.bank is None:
             raise RuntimeError("fsad/methods/patchcore.py: call fit(support) before scoring")
-        features = embedded[0].to(self.device)  # N x D x h x w
-        n, _, h, w = features.shape
-        patches = positions(features)  # (N h w) x D
-        distances = nearest_distances(patches, self.bank)[0].view(n, h * w)  # N x hw
-        worst = distances.argmax(dim=1)  # N
-        image = torch.stack([
-            reweighted_score(patches[i * h * w + int(worst[i])], self.bank, self.neighbours) for i in range(n)
-        ])
-        maps = anomaly_map(distances.view(n, h, w), (self.image_size, self.image_size), self.sigma).cpu()
-        return Scores(maps=maps, image=image.cpu())
+        maps, image = [], []
+        for _, (features,) in device_chunks(embedded, self.device):  # B x D x h x w
+            b, _, h, w = features.shape
+            patches = positions(features)  # (B h w) x D
+            distances = nearest_distances(patches, self.bank)[0].view(b, h * w)  # B x hw
+            worst = distances.argmax(dim=1)  # B
+            image += [reweighted_score(patches[i * h * w + int(worst[i])], self.bank, self.neighbours).cpu() for i in range(b)]
+            maps.append(anomaly_map(distances.view(b, h, w), (self.image_size, self.image_size), self.sigma).cpu())
+        return Scores(maps=torch.cat(maps), image=torch.stack(image))

@@ -49,15 +49,19 @@ class RegADL(RegADMethod):
         k = len(support)
         config = self.config.replace(epochs=self.epochs, batch_size=k, train_shots=(self.pair_shots,), batches_per_epoch=None)
         seed_everything(config.seed)
-        model = build_model(config).to(self.device)
+        with torch.device("cpu"):  # initialised on the host (CPU generator): the same start on every device
+            model = build_model(config)
+        model.to(self.device)
         optimizers, schedulers = make_optimizers(model, config)
-        images = to_float(support)  # K x 3 x S x S
+        images = support.to(self.device)  # K x 3 x S x S, converted to float per batch on the device
         model.train()
-        for epoch in range(config.epochs):
-            for batch in epoch_batches([k], config, epoch):
-                training_step(model, optimizers, images[batch.queries].to(self.device), images[batch.supports].to(self.device))
-            for sched in schedulers:
-                sched.step()
+        # Training needs gradients whatever the caller's mode (fsad fit and the harness score without them).
+        with torch.enable_grad():
+            for epoch in range(config.epochs):
+                for batch in epoch_batches([k], config, epoch):
+                    training_step(model, optimizers, to_float(images[batch.queries]), to_float(images[batch.supports]))
+                for sched in schedulers:
+                    sched.step()
         self.model = model.eval()
 
     def fit(self, support: torch.Tensor) -> None:

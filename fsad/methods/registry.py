@@ -243,7 +243,8 @@ def load_detector(folder: Path, method: str | None = None, device: str | None = 
     Args:
         folder: A folder written by ``save_detector``.
         method: The method it must hold (``None``: any).
-        device: Where to run it (``None``: the saved ``regad.device``, e.g. ``auto``).
+        device: Where to run it (``None``: ``auto``, the GPU when there is one). Not the device it
+            was fitted on: the state is on the CPU, so a folder moves between machines.
 
     Returns:
         The detector and ``{"method", "settings", "fsad_version", **record}``.
@@ -259,7 +260,7 @@ def load_detector(folder: Path, method: str | None = None, device: str | None = 
     settings = saved["settings"]
     regad = RegADConfig.from_dict(settings["regad"], source=str(Path(folder) / DETECTOR_FILE))
     # Every weight is in the state: build without ImageNet weight files, then load.
-    regad = regad.replace(pretrained=False, **({} if device is None else {"device": device}))
+    regad = regad.replace(pretrained=False, device=device or "auto")
     detector = _entry(saved["method"], settings["options"]).build(regad, dict(settings["options"]), None)
     detector.load_state(saved["state"])
     header = {k: saved[k] for k in ("format", "format_version", "method", "fsad_version", "settings")}

@@ -31,6 +31,7 @@ from fsad.methods.base import (
     backbone_architecture,
     batched,
     concat_stages,
+    device_chunks,
     frozen,
     module_state,
     nearest_distances,
@@ -87,20 +88,22 @@ class SPADE(Detector):
     def predict_embedded(self, embedded: Embedding) -> Scores:
         if self.support is None:
             raise RuntimeError("fsad/methods/spade.py: call fit(support) before scoring")
-        pooled, pixels = (t.to(self.device) for t in embedded)
         support_pooled, support_pixels = (t.to(self.device) for t in self.support)
         k = min(self.top_k, len(support_pooled))
-        image_distances, nearest_images = nearest_distances(pooled, support_pooled, k)  # N x k each
-        n, _, h, w = pixels.shape
-        if k == len(support_pooled):  # every test image's gallery is the whole support set
-            gallery = positions(support_pixels)  # (K h w) x D
-            distances = nearest_distances(positions(pixels), gallery, self.kappa)[0]  # (N h w) x kappa
-            distances = distances.mean(dim=1).view(n, h, w)
-        else:
-            distances = torch.stack([
-                nearest_distances(positions(pixels[i : i + 1]), positions(support_pixels[nearest_images[i]]), self.kappa)[0]
-                .mean(dim=1).view(h, w)
-                for i in range(n)
-            ])  # N x h x w
-        maps = anomaly_map(distances, (self.image_size, self.image_size), self.sigma).cpu()
-        return Scores(maps=maps, image=image_distances.mean(dim=1).cpu())
+        image_distances, nearest_images = nearest_distances(embedded[0].to(self.device), support_pooled, k)  # N x k each
+        # With k = K every test image's gallery is the whole support set: (K h w) x D.
+        gallery = positions(support_pixels) if k == len(support_pooled) else None
+        maps = []
+        for start, (_, pixels) in device_chunks(embedded, self.device):  # B x D x h x w
+            b, _, h, w = pixels.shape
+            if gallery is not None:
+                distances = nearest_distances(positions(pixels), gallery, self.kappa)[0]  # (B h w) x kappa
+                distances = distances.mean(dim=1).view(b, h, w)
+            else:
+                distances = torch.stack([
+                    nearest_distances(positions(pixels[i : i + 1]), positions(support_pixels[nearest_images[start + i]]),
+                                      self.kappa)[0].mean(dim=1).view(h, w)
+                    for i in range(b)
+                ])  # B x h x w
+            maps.append(anomaly_map(distances, (self.image_size, self.image_size), self.sigma).cpu())
+        return Scores(maps=torch.cat(maps), image=image_distances.mean(dim=1).cpu())

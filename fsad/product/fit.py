@@ -60,8 +60,10 @@ def _fingerprint(paths: Sequence[Path]) -> str:
 
 
 def _recipe(record: dict[str, Any]) -> dict[str, Any]:
-    """What makes a detector folder what it is: method, settings, and the files it was fitted from."""
-    return {"method": record.get("method"), "settings": record.get("settings"),
+    """What makes a detector folder what it is: method, settings (but the device), and the files it was fitted from."""
+    settings = dict(record.get("settings") or {})
+    settings["regad"] = {k: v for k, v in (settings.get("regad") or {}).items() if k != "device"}  # where it ran, not what it is
+    return {"method": record.get("method"), "settings": settings,
             **{k: (record.get(k) or {}).get("fingerprint") for k in ("support", "good", "model")}}
 
 
@@ -86,7 +88,6 @@ def _check_out(out: Path, recipe: dict[str, Any], force: bool) -> None:
                          "pass --force to replace it, or choose another --out")
 
 
-@torch.no_grad()
 def fit_with_reference(detector: Detector, support: torch.Tensor, good: torch.Tensor | None = None,
                        leave_one_out: bool = True, progress: bool = False) -> dict[str, Any]:
     """Fit ``detector`` on all K support images and return the normal reference scores of the threshold rule.
@@ -106,21 +107,22 @@ def fit_with_reference(detector: Detector, support: torch.Tensor, good: torch.Te
                disable=True if not progress or k < 4 else None)
     for held in bar:
         detector.fit(torch.cat([support[:held], support[held + 1 :]]))  # (K - 1) x 3 x S x S
-        scores = detector.predict(support[held : held + 1])
+        with torch.no_grad():  # scoring only: a fit may train (regad_l) and needs gradients
+            scores = detector.predict(support[held : held + 1])
         loo.append(float(scores.image[0]))
         map_max.append(float(scores.maps[0].max()))
     image += loo
     detector.fit(support)  # last: the detector that is saved is fitted on all K
     good_scores = []
     if good is not None and len(good):
-        scores = detector.predict(good)
+        with torch.no_grad():
+            scores = detector.predict(good)
         good_scores = scores.image.tolist()
         image += good_scores
         map_max += scores.maps.flatten(1).amax(dim=1).tolist()
     return {"leave_one_out": loo, "good": good_scores, "image": np.array(image), "map_max": np.array(map_max)}
 
 
-@torch.no_grad()
 def fit_product(images: Sequence[str | Path], method: str, regad: RegADConfig, options: dict[str, Any] | None = None,
                 model_path: Path | None = None, good: Sequence[str | Path] = (), out: Path = Path("detector"),
                 force: bool = False, progress: bool = True) -> dict[str, Any]:
@@ -173,9 +175,10 @@ def fit_product(images: Sequence[str | Path], method: str, regad: RegADConfig, o
 
 
 def fit_command(images: Sequence[str], method: str | None, model: str | None, config: str | None, good: Sequence[str],
-                out: str, force: bool) -> None:
-    """``fsad fit``: fit, then print where the detector went and its threshold."""
+                out: str, force: bool, device: str | None = None) -> None:
+    """``fsad fit``: fit (on ``device`` when given, else the config's), then print where the detector went and its threshold."""
     regad, options = read_settings(config)
+    regad = regad if device is None else regad.replace(device=device)
     method = method or DEFAULT_METHOD
     tic = time.perf_counter()
     record = fit_product(images, method, regad, options, Path(model) if model else None, good or (), Path(out), force)

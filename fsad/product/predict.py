@@ -161,10 +161,10 @@ def predict_product(detector_dir: Path, images: Sequence[str | Path], out: Path,
             "errors": errors, "method": record["method"], "seconds": seconds}
 
 
-def predict_command(detector: str, images: Sequence[str], out: str, masks: bool) -> None:
+def predict_command(detector: str, images: Sequence[str], out: str, masks: bool, device: str | None = None) -> None:
     """``fsad predict``: score, print where things went; an unreadable image fails the run after the rest is written."""
     tic = time.perf_counter()
-    summary = predict_product(Path(detector), images, Path(out), masks)
+    summary = predict_product(Path(detector), images, Path(out), masks, device)
     scored = summary["images"] - len(summary["errors"])
     speed = scored / summary["seconds"] if summary["seconds"] > 0 else float("nan")
     print(f"{summary['method']}: {scored} images scored, {summary['anomalous']} anomalous; {time.perf_counter() - tic:.1f} s "

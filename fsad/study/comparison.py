@@ -53,7 +53,7 @@ from fsad.methods import Detector, ResAD
 from fsad.methods.regad.training import MODEL_NAME
 from fsad.methods.registry import DETECTORS, build_detector
 from fsad.reporting.tables import pivot_text, summarize, to_markdown
-from fsad.study.evaluation import TestSet, evaluate_detector
+from fsad.study.evaluation import TestSet, clock, evaluate_detector, warm_up
 from fsad.study.experiment import resolve_dataset
 from fsad.study.models import leave_one_out_regad
 from fsad.study.preflight import Checked, preflight
@@ -126,7 +126,8 @@ def build_method(ctx: Context, name: str) -> Detector:
 class MemoryMonitor:
     """Peak memory added while the ``with`` block runs (``peak_mib``), and the peak total (``process_peak_mib``).
 
-    On CUDA: ``torch.cuda.max_memory_allocated`` above the allocation at entry. On the
+    On CUDA: ``torch.cuda.max_memory_allocated`` of ``device`` (``cuda:N`` measures GPU N) above
+    the allocation at entry. On the
     CPU: the process's resident set size, sampled every 2 ms by a thread (torch releases
     the GIL in its kernels), above its value at entry; ``ru_maxrss`` cannot be used as it
     never goes down across methods. NaN where /proc is missing (not Linux).
@@ -157,9 +158,9 @@ class MemoryMonitor:
 
     def __enter__(self) -> MemoryMonitor:
         if self.device.startswith("cuda"):
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self._start = torch.cuda.memory_allocated()
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
             return self
         self._start = self._rss()
         self._peak = self._start or 0
@@ -170,8 +171,8 @@ class MemoryMonitor:
 
     def __exit__(self, *exc) -> None:
         if self.device.startswith("cuda"):
-            torch.cuda.synchronize()
-            self.process_peak_mib = torch.cuda.max_memory_allocated() / 2**20
+            torch.cuda.synchronize(self.device)
+            self.process_peak_mib = torch.cuda.max_memory_allocated(self.device) / 2**20
             self.peak_mib = self.process_peak_mib - self._start / 2**20
             return
         self._stop.set()
@@ -199,12 +200,13 @@ def _cost_worker(job: Path) -> None:
     ctx, name, support, images, threads = pickle.loads(Path(job).read_bytes())
     torch.set_num_threads(threads)
     method = build_method(ctx, name)
+    warm_up(ctx.device)  # a fresh process: CUDA's start-up is not the method's cost
     with MemoryMonitor(ctx.device) as monitor:
-        tic = time.perf_counter()
+        tic = clock(ctx.device)
         method.fit(support)
-        fitted = time.perf_counter()
+        fitted = clock(ctx.device)
         method.predict(images)
-        done = time.perf_counter()
+        done = clock(ctx.device)
     result = {"fit_seconds": fitted - tic, "ms_per_image": 1000 * (done - fitted) / len(images), "peak_mib": monitor.peak_mib,
               "process_peak_mib": monitor.process_peak_mib}
     Path(f"{job}.out").write_bytes(pickle.dumps(result))

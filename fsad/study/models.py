@@ -67,7 +67,7 @@ class EpochDiagnostics:
         for metric in ("image_auroc", "pixel_auroc"):
             per_set = np.array([row[metric] for row in run.rows])
             values[metric], values[f"{metric}_std"] = float(per_set.mean()), float(per_set.std())
-        values.update(model.eval().transform_statistics(to_float(self.test.images).to(resolve_device(self.settings.device))))
+        values.update(model.eval().transform_statistics(to_float(self.test.images.to(resolve_device(self.settings.device)))))
         if self.path is not None:
             self._keep_if_best(model, epoch, values)
         return values

@@ -24,6 +24,8 @@ STAGES = sorted(DVC["stages"])
 OWN_SECTIONS = {"data_prep": ("data", "support"), "train": ("train",), "evaluate": ("evaluate",), "report": ("report",),
                 "ablations": ("ablations",), "baselines": ("baselines",)}
 INJECTED = re.compile(r"-p (\w+) (\S+)")
+# Where a stage runs, not what it makes: read by stages, declared by none (a new device reruns nothing).
+DEVICES = {f"{section}.device" for section, keys in PARAMS.items() if "device" in keys}
 
 
 def stage_body(name: str) -> dict:
@@ -123,15 +125,16 @@ def test_declared_params_are_exactly_the_keys_the_stage_reads(name):
         assert section in PARAMS and (not field or field in PARAMS[section]), f"{name}: params.yaml has no {key}"
     read = stage_reads(name)
     assert read, f"{name}: its notebook reads no section of params.yaml"
-    assert expand(read) == expand(declared), (f"{name}: the notebook reads {sorted(expand(read))}, "
-                                              f"dvc.yaml declares {sorted(expand(declared))}")
+    assert not expand(declared) & DEVICES, f"{name}: declares a device; where a stage runs must not rerun it"
+    assert expand(read) - DEVICES == expand(declared), (f"{name}: the notebook reads {sorted(expand(read) - DEVICES)} "
+                                                        f"(devices aside), dvc.yaml declares {sorted(expand(declared))}")
 
 
 @pytest.mark.parametrize("name", sorted(OWN_SECTIONS))
 def test_every_key_of_a_stages_section_is_in_its_params(name):
     declared = expand(stage_body(name).get("params", []))
     for section in OWN_SECTIONS[name]:
-        missing = sorted(f"{section}.{key}" for key in PARAMS[section] if f"{section}.{key}" not in declared)
+        missing = sorted(f"{section}.{key}" for key in PARAMS[section] if f"{section}.{key}" not in declared | DEVICES)
         assert not missing, f"{name}: add {missing} to its params: in dvc.yaml (or remove them from params.yaml)"
 
 
@@ -155,10 +158,25 @@ def test_code_dependencies_cover_every_fsad_module_the_notebook_imports(name):
 def test_training_reads_no_test_time_setting():
     """Changing an evaluation parameter must rerun evaluation only, never training."""
     train_params = {p.split(".")[1] for p in stage_body("train")["params"]}
-    assert not train_params & (set(TEST_TIME_KEYS) - {"device"})  # device: where to train
+    assert not train_params & set(TEST_TIME_KEYS)  # device included: where it trains is not what it trains
     assert not [p for p in stage_body("train")["params"] if not p.startswith("train.")]
     readers = {name for name in OWN_SECTIONS if "evaluate.blur_sigma" in expand(stage_body(name).get("params", []))}
     assert readers == {"evaluate", "ablations", "baselines"}
+
+
+def test_each_stage_runs_on_its_own_device():
+    """train.device for training (and the studies that train), evaluate.device for evaluate and support_estimation."""
+    assert DEVICES == {"train.device", "evaluate.device"}
+    reads = {name: expand(stage_reads(name)) & DEVICES for name in STAGES}
+    assert reads == {"data_prep": set(), "train": {"train.device"}, "support_estimation": {"evaluate.device"},
+                     "evaluate": {"evaluate.device"}, "report": set(), "ablations": {"train.device"}, "baselines": {"train.device"}}
+
+
+def test_evaluate_runs_on_its_device_whatever_the_model_was_trained_on():
+    from fsad.config import EvalSettings, RegADConfig
+
+    trained_on_gpu = RegADConfig(device="cuda")  # what load_model returns for a model trained with train.device: cuda
+    assert EvalSettings(device="cpu").apply(trained_on_gpu).device == "cpu"
 
 
 def test_per_category_outputs_are_where_the_code_writes_them():

@@ -77,6 +77,9 @@ def test_repro_status_and_one_parameter(project):
     ran = stages_run(run("dvc", "exp", "run", "-S", "evaluate.blur_sigma=2", "report", cwd=project).stdout)
     assert ran == {"evaluate@disc", "evaluate@ring", "report"}
     assert "up to date" in run("dvc", "status", "report", cwd=project).stdout
+    # Where a stage runs is not what it makes (issue 22): a new device reruns nothing.
+    ran = stages_run(run("dvc", "exp", "run", "-S", "train.device=cpu", "-S", "evaluate.device=cpu", "report", cwd=project).stdout)
+    assert ran == set()
 
 
 def test_queue_runs_categories_in_parallel_and_fills_the_run_cache(project):

@@ -46,7 +46,7 @@ def extract_features(model: RegAD, images: torch.Tensor, device: str, batch_size
     for chunk in images.split(batch_size):
         # Channels-last input: oneDNN's convolutions skip a layout conversion per layer (with the
         # network's weights channels-last too, RegADMethod.inference_network: 1.7x at 128 px).
-        chunk = to_float(chunk).to(device).contiguous(memory_format=torch.channels_last)  # B x 3 x H x W
+        chunk = to_float(chunk.to(device)).contiguous(memory_format=torch.channels_last)  # B x 3 x H x W, float on the device
         features = model.registered_features(chunk)  # B x D x h x w
         out.append(features.contiguous(memory_format=torch.channels_last).cpu())
     return torch.cat(out)  # N x D x h x w, channels-last

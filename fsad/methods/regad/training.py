@@ -205,8 +205,8 @@ def train_regad(
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
         for batch in bar:
             pool = images[batch.category]
-            query = as_float(pool[batch.queries]).to(device)  # B x 3 x H x W
-            support = as_float(pool[batch.supports]).to(device)  # B x K x 3 x H x W
+            query = as_float(pool[batch.queries].to(device))  # B x 3 x H x W, uint8 moved, float on the device
+            support = as_float(pool[batch.supports].to(device))  # B x K x 3 x H x W
             losses.append(training_step(model, optimizers, query, support, config.separate_forwards, config.stn_identity_penalty))
             seen += len(batch.queries) * (1 + batch.supports.shape[1])
             bar.set_postfix(loss=f"{np.mean(losses):.4f}")
