@@ -22,7 +22,7 @@ from pathlib import Path
 from dvc_helpers import free_ports
 
 START_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 15.0
+STOP_TIMEOUT_S = 5.0  # then killed: the data is a throwaway, and a loaded machine can take longer to stop it cleanly
 
 
 @dataclass(frozen=True)
