@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -96,7 +97,9 @@ def seaweedfs_s3(folder: Path) -> Iterator[S3Server]:
     (folder / "data").mkdir(parents=True, exist_ok=True)
     log = folder / "weed.log"
     with log.open("w") as log_file:
-        process = subprocess.Popen(weed_mini_command(folder, s3_config, ports), stdout=log_file, stderr=subprocess.STDOUT)
+        # TMPDIR: weed puts its gRPC sockets there, and leaves them behind when killed
+        process = subprocess.Popen(weed_mini_command(folder, s3_config, ports), stdout=log_file, stderr=subprocess.STDOUT,
+                                   env={**os.environ, "TMPDIR": str(folder)})
         try:
             wait_until_writable(server, process, log)
             yield server

@@ -115,16 +115,19 @@ with open(os.environ["STAGE_LOG"], "a") as log:
     log.write(stage + "\\n")
 if stage == "inventory":
     files = sorted(p for p in Path("data/datasets/tiny").rglob("*.png"))
-    Path("inventory.json").write_text(json.dumps({p.as_posix(): p.stat().st_size for p in files}, indent=1))
+    Path("results").mkdir(exist_ok=True)
+    Path("results/inventory.json").write_text(json.dumps({p.as_posix(): p.stat().st_size for p in files}, indent=1))
 else:
     scale = yaml.safe_load(Path("params.yaml").read_text())["summary"]["scale"]
-    sizes = json.loads(Path("inventory.json").read_text()).values()
+    sizes = json.loads(Path("results/inventory.json").read_text()).values()
     Path("summary.json").write_text(json.dumps({"files": len(sizes), "scaled_bytes": scale * sum(sizes)}))
 '''
 
 PIPELINE = {"stages": {
-    "inventory": {"cmd": "python stages.py inventory", "deps": ["stages.py", str(DATASET)], "outs": ["inventory.json"]},
-    "summary": {"cmd": "python stages.py summary", "deps": ["stages.py", "inventory.json"], "params": ["summary.scale"],
+    "inventory": {"cmd": "python stages.py inventory", "deps": ["stages.py", str(DATASET)], "outs": ["results/inventory.json"]},
+    # A folder holding another stage's outputs as a dependency, like the real `report` (results/): it also
+    # holds the .gitignore dvc writes there, which B has only if A commits it.
+    "summary": {"cmd": "python stages.py summary", "deps": ["stages.py", "results"], "params": ["summary.scale"],
                 "outs": ["summary.json"]},
 }}
 
@@ -161,9 +164,9 @@ def test_another_machine_reruns_nothing_after_pull_run_cache(s3, tmp_path):
     repro(lab, log_a)
     assert ran(log_a) == ["inventory", "summary", "summary"]
     dvc("push", "--run-cache", cwd=lab)
-    run("git", "add", "-A", cwd=lab)
+    run("git", "add", "-A", cwd=lab)  # what dvc asks: dvc.lock and the .gitignore files beside the outputs
     run("git", "commit", "-q", "-m", "tiny pipeline, scale 2", cwd=lab)
-    committed = ("inventory.json", "summary.json", "dvc.lock", "data/datasets/tiny.dvc")
+    committed = ("results/inventory.json", "summary.json", "dvc.lock", "data/datasets/tiny.dvc")
     expected = {name: file_md5(lab / name) for name in committed}
 
     machine = clone(lab, tmp_path / "clone-b")
