@@ -8,7 +8,6 @@ the data_prep step reads the pulled copy.
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import subprocess
 import sys
@@ -16,38 +15,19 @@ import time
 from pathlib import Path
 
 import pytest
+from dvc_helpers import checksums, free_ports, run
 from PIL import Image
 
 from fsad.data.toy import make_toy_dataset
-from fsad.pipeline.data_prep import file_md5, prepare_data
+from fsad.pipeline.data_prep import prepare_data
 
-GIT_ENV = {"GIT_AUTHOR_NAME": "fsad test", "GIT_AUTHOR_EMAIL": "test@example.invalid",
-           "GIT_COMMITTER_NAME": "fsad test", "GIT_COMMITTER_EMAIL": "test@example.invalid"}
 DATASET = Path("data") / "datasets" / "tiny"
-
-
-def run(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "dvc", *args[1:]] if args[0] == "dvc" else list(args)
-    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env={**os.environ, **GIT_ENV}, timeout=120)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed in {cwd}:\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def checksums(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): file_md5(p) for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
 def http_server(folder: Path):
     """``python -m http.server`` on 127.0.0.1 serving ``folder``; yields its URL."""
-    port = free_port()
+    port, = free_ports(1)
     server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(folder)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
