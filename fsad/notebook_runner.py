@@ -145,9 +145,9 @@ def run_notebook(name: str, parameters: Mapping[str, Any], tag: str | None = Non
     label = label or executed.stem
     log_path.parent.mkdir(parents=True, exist_ok=True)
     # Written as it comes (not atomically): a failed or interrupted run leaves its log to read.
-    with open(log_path, "w", encoding="utf-8", buffering=1) as log, stderr_to(log) as console:
+    with open(log_path, "w", encoding="utf-8", buffering=1) as log, stderr_to(log) as console, \
+            StageLine(label, console if console.isatty() else None) as line:
         log.write(f"fsad notebook {name} ({label}), parameters {dict(parameters)}\n")
-        line = StageLine(label, console if console.isatty() else None)
         stage_log = StageLog(log, line)
         try:
             with atomic_path(executed) as tmp:
@@ -171,8 +171,6 @@ def run_notebook(name: str, parameters: Mapping[str, Any], tag: str | None = Non
             stage_log.close()
             log.write(f"{type(error).__name__}: {error}\n")
             raise RuntimeError(f"notebook {name}: {error} (log: {_shown(log_path, root)})") from None
-        finally:
-            line.clear()
         log.write(f"finished: {line.cells} in {duration(line.elapsed)}\n")
     # What a cell wrote to stderr that is not a progress bar: a warning or a message for the reader.
     by_cell: dict[str, list[str]] = {}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import threading
 import time
 from typing import Any, TextIO
 
@@ -124,9 +125,10 @@ class StageLine:
     """The stage's one line on the terminal: ``train@mono: 3/8 cells 1 min 02 s  epoch 2/5: 40%|…``.
 
     papermill's bar over the cells writes here (``progress_bar={"file": line, ...}``) and
-    ``StageLog`` reports the kernel's current bar; on a terminal the line is redrawn in
-    place (at most 5 times a second), elsewhere nothing is drawn and the caller prints the
-    final line.
+    ``StageLog`` reports the kernel's current bar. Used as a context manager on a terminal,
+    the line is redrawn in place (every second, so that a silent cell's time still runs, and
+    at most 5 times a second on news) and erased at the end, for the caller's final line;
+    without a terminal (``console=None``) nothing is drawn.
     """
 
     def __init__(self, label: str, console: TextIO | None):
@@ -136,6 +138,20 @@ class StageLine:
         self.cells = ""          # "3/8 cells", from papermill's bar (bar_format "{n_fmt}/{total_fmt} cells")
         self.bar = ""
         self._drawn = 0.0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+
+    def __enter__(self) -> StageLine:
+        if self.console is not None:
+            threading.Thread(target=self._tick, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self.console is not None:
+            with self._lock:
+                self.console.write("\r\x1b[K")
+                self.console.flush()
 
     @property
     def elapsed(self) -> float:
@@ -155,18 +171,18 @@ class StageLine:
         self.draw()
 
     def draw(self, force: bool = False) -> None:
-        if self.console is None or (not force and time.monotonic() - self._drawn < 0.2):
+        if self.console is None or self._stop.is_set() or (not force and time.monotonic() - self._drawn < 0.2):
             return
-        self._drawn = time.monotonic()
-        text = f"{self.label}: {self.cells} {duration(self.elapsed)}  {self.bar}".rstrip()
-        width = shutil.get_terminal_size().columns - 1
-        self.console.write("\r" + text[:width] + "\x1b[K")
-        self.console.flush()
-
-    def clear(self) -> None:
-        if self.console is not None:
-            self.console.write("\r\x1b[K")
+        with self._lock:
+            self._drawn = time.monotonic()
+            text = f"{self.label}: {self.cells} {duration(self.elapsed)}  {self.bar}".rstrip()
+            width = shutil.get_terminal_size().columns - 1
+            self.console.write("\r" + text[:width] + "\x1b[K")
             self.console.flush()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(1.0):
+            self.draw(force=True)
 
 
 class StageLog:

@@ -95,6 +95,7 @@ def test_a_stage_prints_one_line_and_keeps_bars_and_kernel_messages_in_its_log(p
     done = fsad_notebook("stage", "--tag", "t", "-p", "n", "2")
     assert done.returncode == 0, done.stderr
     # One line for the stage, one for the real warning; no bar, no kernel message.
+    assert len(done.stdout.splitlines()) == 1 and len(done.stderr.splitlines()) == 1, done.stdout + done.stderr
     [stage], [warning] = done.stdout.splitlines(), done.stderr.splitlines()
     assert stage.startswith("stage@t: 4/4 cells in ") and stage.endswith("-> reports/html/stage_t.html (log: reports/logs/stage_t.log)")
     assert warning.startswith("fsad: warning: stage@t, cell 4: ") and "UserWarning: no masks" in warning
@@ -111,6 +112,7 @@ def test_a_stage_prints_one_line_and_keeps_bars_and_kernel_messages_in_its_log(p
     html = (tmp_path / "reports" / "html" / "stage_t.html").read_text()
     assert "AUROC 0.7" in html and "UserWarning: no masks" in html
     assert "it/s" not in html and "%|" not in html and "encryption" not in html
+    assert html.count('data-mime-type="application/vnd.jupyter.stderr"') == 1  # the warning's box, no empty ones
 
 
 def test_a_failing_notebook_shows_its_error_and_log_and_leaves_no_output(project, tmp_path):
