@@ -8,11 +8,12 @@ atomically: a failed or interrupted run leaves neither behind.
 
 What it shows: one line per stage (``train@mono: 8/8 cells in 1 min 23 s -> ...``), redrawn
 in place on a terminal with the kernel's current progress bar; a ``fsad: warning:`` only
-for what a cell wrote to stderr that is not a progress bar. Everything else a run writes
-to stderr (each cell's stderr, each progress bar as its last state, the kernel's own
-messages, a failing cell's traceback) goes to ``reports/logs/<notebook>[_<tag>].log``,
-written as it comes so that a failed run leaves it to read. The executed notebook keeps
-no progress bar: its reader wants the results (``fsad.notebook_streams``).
+for what a cell left on stderr that is not a progress bar (what the executed notebook
+shows in red). Everything a run writes to stderr (each cell's stderr, each progress bar as
+its last state, the kernel's own messages, a failing cell's traceback) goes to
+``reports/logs/<notebook>[_<tag>].log``, written as it comes so that a failed run leaves it
+to read. The executed notebook keeps no progress bar: its reader wants the results
+(``fsad.notebook_streams``).
 
 The project root of a stage is the folder DVC runs it in (the one holding ``dvc.yaml``):
 a queued experiment (``dvc exp run --queue``) runs in a temporary copy of the project, and
@@ -156,7 +157,7 @@ def run_notebook(name: str, parameters: Mapping[str, Any], tag: str | None = Non
                     cwd=str(notebooks), stderr_file=stage_log,
                     progress_bar={"file": line, "bar_format": "{n_fmt}/{total_fmt} cells", "mininterval": 0, "miniters": 1})
                 stage_log.close()
-                remove_progress_bars(tmp)
+                stderr = remove_progress_bars(tmp)
             if html:
                 from nbconvert import HTMLExporter
 
@@ -165,7 +166,7 @@ def run_notebook(name: str, parameters: Mapping[str, Any], tag: str | None = Non
         except papermill.PapermillExecutionError as error:  # the cell's own message (e.g. a params.yaml key), not papermill's traceback
             stage_log.close()
             log.write(strip_ansi("\n".join(error.traceback)) + "\n")
-            raise RuntimeError(f"notebook {name} stopped in cell {error.cell_index + 1}: {error.ename}: {error.evalue} "
+            raise RuntimeError(f"notebook {name} stopped in cell In[{error.exec_count}]: {error.ename}: {error.evalue} "
                                f"(log: {_shown(log_path, root)})") from None
         except RuntimeError as error:  # nbclient's DeadKernelError, a kernel that did not start
             stage_log.close()
@@ -173,12 +174,9 @@ def run_notebook(name: str, parameters: Mapping[str, Any], tag: str | None = Non
             raise RuntimeError(f"notebook {name}: {error} (log: {_shown(log_path, root)})") from None
         log.write(f"finished: {line.cells} in {duration(line.elapsed)}\n")
     # What a cell wrote to stderr that is not a progress bar: a warning or a message for the reader.
-    by_cell: dict[str, list[str]] = {}
-    for cell, text in stage_log.warnings:
-        by_cell.setdefault(cell, []).append(text)
-    for cell, lines in by_cell.items():
+    for count, lines in stderr:
         more = f" (+{len(lines) - 1} lines in {_shown(log_path, root)})" if len(lines) > 1 else ""
-        logger.warning("%s, cell %s: %s%s", label, cell, lines[0], more)
+        logger.warning("%s, cell In[%s]: %s%s", label, count, lines[0], more)
     return NotebookRun(executed, exported if html else None, log_path, line.cells, line.elapsed)
 
 

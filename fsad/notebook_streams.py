@@ -81,15 +81,20 @@ class ProgressFilter:
         return finished
 
 
-def remove_progress_bars(path) -> None:
+def remove_progress_bars(path) -> list[tuple[int | None, list[str]]]:
     """Rewrite the executed notebook at ``path`` with its stream outputs free of progress bars.
 
     A kernel sends a stream in pieces (one per flush), interleaved with the other stream, so
     each stream of a cell is read as one text across its pieces; each piece keeps the lines
     that end in it. Consecutive pieces of one stream are then joined, and a stream left empty
     is dropped, so no empty stderr box shows.
+
+    Returns:
+        What stays on stderr, as the reader sees it: ``(execution count, non-blank lines)``
+        of each cell that has some (a warning, a message).
     """
     nb = nbformat.read(str(path), as_version=4)
+    stderr = []
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
@@ -110,7 +115,12 @@ def remove_progress_bars(path) -> None:
             elif output.output_type != "stream" or output.text.strip():
                 joined.append(output)
         cell.outputs = joined
+        lines = [line for o in joined if o.output_type == "stream" and o.name == "stderr"
+                 for line in o.text.splitlines() if line.strip()]
+        if lines:
+            stderr.append((cell.execution_count, lines))
     nbformat.write(nb, str(path))
+    return stderr
 
 
 def duration(seconds: float) -> str:
@@ -186,23 +196,16 @@ class StageLine:
 
 
 class StageLog:
-    """papermill's ``stderr_file``: the cells' stderr into the stage's log, progress bars as their last state.
+    """papermill's ``stderr_file``: the cells' stderr into the stage's log, each progress bar as its last state.
 
-    Each line is prefixed with its cell (``cell 5 | ``); the kernel process's own stderr
-    (``[IPKernelApp] WARNING | ...``) reaches the same file unprefixed. Lines that are not
-    progress are kept in ``warnings`` for the console: they are what a cell had to say.
+    The kernel process's own stderr (``[IPKernelApp] WARNING | ...``) reaches the same file
+    through the inherited file descriptor (``fsad.notebook_runner.stderr_to``).
     """
 
     def __init__(self, file: TextIO, line: StageLine):
         self.file = file
         self.line = line
         self.filter = ProgressFilter()
-        self.warnings: list[tuple[str, str]] = []   # (cell, line)
-
-    @property
-    def cell(self) -> str:
-        done, _, _ = self.line.cells.partition("/")
-        return str(int(done) + 1) if done.isdigit() else "?"
 
     def write(self, text: str) -> None:
         self._log(self.filter.feed(text))
@@ -213,13 +216,9 @@ class StageLog:
 
     def close(self) -> None:
         self._log(self.filter.close())
-        self.file.flush()
 
     def _log(self, lines: list[tuple[str, bool]]) -> None:
-        for text, progress in lines:
-            self.file.write(f"cell {self.cell} | {strip_ansi(text)}\n")
-            if not progress and text.strip():
-                self.warnings.append((self.cell, strip_ansi(text).strip()))
+        self.file.writelines(f"{strip_ansi(text)}\n" for text, _ in lines)
         self.file.flush()
 
 

@@ -98,11 +98,11 @@ def test_a_stage_prints_one_line_and_keeps_bars_and_kernel_messages_in_its_log(p
     assert len(done.stdout.splitlines()) == 1 and len(done.stderr.splitlines()) == 1, done.stdout + done.stderr
     [stage], [warning] = done.stdout.splitlines(), done.stderr.splitlines()
     assert stage.startswith("stage@t: 4/4 cells in ") and stage.endswith("-> reports/html/stage_t.html (log: reports/logs/stage_t.log)")
-    assert warning.startswith("fsad: warning: stage@t, cell 4: ") and "UserWarning: no masks" in warning
+    assert warning.startswith("fsad: warning: stage@t, cell In[4]: ") and "UserWarning: no masks" in warning
 
     log = (tmp_path / "reports" / "logs" / "stage_t.log").read_text()
     assert "Kernel is running over TCP without encryption" in log
-    assert "cell 3 | load:" in log and "cell 3 | epoch 1/1: 100%" in log and "UserWarning: no masks" in log
+    assert "\nload:" in log and "\nepoch 1/1: 100%" in log and "UserWarning: no masks" in log
     assert log.count("epoch 1/1") == 1  # each bar as its last state, on one line
 
     cells = json.loads((tmp_path / "reports" / "notebooks" / "stage_t.ipynb").read_text())["cells"]
@@ -121,10 +121,10 @@ def test_a_failing_notebook_shows_its_error_and_log_and_leaves_no_output(project
               "raise ValueError('params.yaml: train.epochs: three is not an integer')")
     failed = fsad_notebook("broken", "-p", "k", "2")  # the injected cell counts
     assert failed.returncode == 2 and failed.stdout == ""
-    assert failed.stderr.splitlines() == ["fsad: error: notebook broken stopped in cell 4: ValueError: params.yaml: "
+    assert failed.stderr.splitlines() == ["fsad: error: notebook broken stopped in cell In[4]: ValueError: params.yaml: "
                                           "train.epochs: three is not an integer (log: reports/logs/broken.log)"]
     log = (tmp_path / "reports" / "logs" / "broken.log").read_text()
-    assert "cell 3 | read 3 images" in log and "Traceback" in log and "ValueError: params.yaml" in log
+    assert "\nread 3 images\n" in log and "Traceback" in log and "ValueError: params.yaml" in log
     assert not list((tmp_path / "reports").rglob("*.ipynb")) and not list((tmp_path / "reports").rglob("*.html"))
     with pytest.raises(FileNotFoundError, match=r"available: \['broken'\]"):
         run_notebook("missing", {}, root=tmp_path)
