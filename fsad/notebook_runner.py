@@ -83,6 +83,7 @@ def point_kernel_at(root: Path) -> None:
 class NotebookRun:
     """A finished notebook stage."""
 
+    label: str          # the stage (train@mono) or the output stem
     executed: Path
     html: Path | None
     log: Path
@@ -177,7 +178,7 @@ def run_notebook(name: str, parameters: Mapping[str, Any], tag: str | None = Non
     for count, lines in stderr:
         more = f" (+{len(lines) - 1} lines in {_shown(log_path, root)})" if len(lines) > 1 else ""
         logger.warning("%s, cell In[%s]: %s%s", label, count, lines[0], more)
-    return NotebookRun(executed, exported if html else None, log_path, line.cells, line.elapsed)
+    return NotebookRun(label, executed, exported if html else None, log_path, line.cells, line.elapsed)
 
 
 def _shown(path: Path, root: Path) -> str:
@@ -196,10 +197,8 @@ def cmd_notebook(args: argparse.Namespace) -> None:
     point_kernel_at(root)
     parameters = {key: parse_value(value) for key, value in args.parameters}
     # DVC names the stage it runs (train@mono); run by hand, the line names the notebook.
-    label = os.environ.get("DVC_STAGE")
-    run = run_notebook(args.name, parameters, tag=args.tag, html=not args.no_html, root=root, label=label)
-    print(f"{label or run.executed.stem}: {run.cells} in {duration(run.seconds)} -> {_shown(run.html or run.executed, root)} "
-          f"(log: {_shown(run.log, root)})")
+    run = run_notebook(args.name, parameters, tag=args.tag, html=not args.no_html, root=root, label=os.environ.get("DVC_STAGE"))
+    print(f"{run.label}: {run.cells} in {duration(run.seconds)} -> {_shown(run.html or run.executed, root)} (log: {_shown(run.log, root)})")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
