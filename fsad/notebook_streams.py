@@ -21,6 +21,7 @@ import re
 import shutil
 import threading
 import time
+from pathlib import Path
 from typing import Any, TextIO
 
 import nbformat
@@ -81,7 +82,7 @@ class ProgressFilter:
         return finished
 
 
-def remove_progress_bars(path) -> list[tuple[int | None, list[str]]]:
+def remove_progress_bars(path: str | Path) -> list[tuple[int | None, list[str]]]:
     """Rewrite the executed notebook at ``path`` with its stream outputs free of progress bars.
 
     A kernel sends a stream in pieces (one per flush), interleaved with the other stream, so
