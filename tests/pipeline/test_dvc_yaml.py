@@ -13,6 +13,7 @@ import yaml
 from code_deps import notebook_closure, notebook_code
 
 from fsad.config import TEST_TIME_KEYS
+from fsad.notebook_runner import output_paths
 from fsad.paths import ROOT
 from fsad.pipeline import layout, params
 from fsad.pipeline.params import SECTIONS
@@ -189,6 +190,15 @@ def test_per_category_outputs_are_where_the_code_writes_them():
     assert (layout.results_dir(item) / "metrics.json").relative_to(ROOT).as_posix() in [
         m.replace("${item}", item) for m in evaluate["metrics"]]
     assert layout.support_file(item).relative_to(ROOT).as_posix() in [d.replace("${item}", item) for d in evaluate["deps"]]
+
+
+@pytest.mark.parametrize("name", STAGES)
+def test_a_stage_declares_what_fsad_notebook_writes_its_log_included(name):
+    """DVC caches, restores and git-ignores the executed notebook, its HTML and its log alike."""
+    command = stage_body(name)["cmd"]
+    tag = "${item}" if "--tag ${item}" in command else None
+    written = [p.relative_to(ROOT).as_posix() for p in output_paths(notebook_of(name).stem, tag)]
+    assert [p for p in written if p not in stage_body(name)["outs"]] == []
 
 
 def test_study_stages_read_the_support_sets_of_data_prep():
