@@ -16,8 +16,9 @@ behaviour, so it fails until that fix is merged.
 The cases of a group (the id's first word) run in order, each may build on the ones before it
 (a rerun needs the first run); groups are independent, and ``--jobs N`` runs N at once.
 ``--only PATTERN`` runs the cases whose id matches the regular expression, with the cases
-before them in their group. Each case costs a few CPU seconds, mostly importing torch in the
-new process: about 10 minutes for all of them on two idle cores.
+before them in their group. Each case costs about 5 CPU seconds, mostly the new process
+importing torch (the 26 config cases took 143 s of user time); on a busy shared machine the
+wall time is many times that.
 
 Example:
     .venv/bin/python benchmarks/bad_inputs.py --jobs 2              # all cases -> docs/bad_inputs.md
@@ -949,6 +950,9 @@ def main() -> None:
     parser.add_argument("--list", action="store_true", help="list the case ids and exit")
     parser.add_argument("--jobs", type=int, default=1, help="groups of cases run at once (each group in order)")
     args = parser.parse_args()
+    # A shell starts a background job (`... &`) with SIGINT ignored, and the children would inherit
+    # that: the Ctrl-C case would test nothing. A handled signal is reset to its default at exec.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     cases = selected(args.only)
     if args.list:
         print("\n".join(f"{c.id}{f' (item {c.item})' if c.item else ''}: {c.title}" for c in cases))
