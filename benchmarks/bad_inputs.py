@@ -906,7 +906,7 @@ def selected(pattern: str | None) -> list[Case]:
     return [case for i, case in enumerate(CASES) if i in keep]
 
 
-def markdown(reports: list[Report], seconds: float, commit: str) -> str:
+def markdown(reports: list[Report], seconds: float, commit: str, total: int) -> str:
     passed = sum(not r.failed for r in reports)
     tracebacks = sum(r.traceback for r in reports)
     lines = [
@@ -919,7 +919,8 @@ def markdown(reports: list[Report], seconds: float, commit: str) -> str:
         "efficientnet_lite0) have offline ImageNet weights, so `pretrained` stays true; no case depends on them being good.",
         "",
         f"Commit {commit}, {time.strftime('%Y-%m-%d', time.gmtime())}, {seconds / 60:.1f} min. "
-        f"**{passed} of {len(reports)} cases pass; {tracebacks} printed a traceback.**",
+        f"**{passed} of {len(reports)} cases pass; {tracebacks} printed a traceback.**"
+        + (f" Partial: {len(reports)} of the {total} cases selected have run." if len(reports) < total else ""),
         "",
         "Columns: the message is stderr with progress bars removed (fsad's own `fsad: ...` lines where there are any), "
         "lines joined with ` / `, else stdout's last line (the whole output of each case: `--keep`, then `logs/<case>.txt` in the "
@@ -965,9 +966,18 @@ def main() -> None:
     tic = time.perf_counter()
     reports: dict[int, Report] = {}
 
+    written = threading.Lock()
+
+    def write_table() -> None:
+        """The table of the cases finished so far: a run stopped half-way still leaves one."""
+        with written:
+            done = [reports[i] for i in sorted(reports)]
+            Path(args.out).write_text(markdown(done, time.perf_counter() - tic, commit, len(cases)))
+
     def run_group(group: list[tuple[int, Case]]) -> None:
         for i, case in group:
             report = reports[i] = run_case(case, scratch)
+            write_table()
             verdict = "PASS" if not report.failed else "FAIL: " + "; ".join(report.failed)
             item = f" [item {case.item}]" if case.item else ""
             print(f"{i + 1:3d}/{len(cases)} {case.id}{item} ({report.seconds:.0f} s, exit {report.outcome.code}): {verdict}", flush=True)
@@ -982,10 +992,10 @@ def main() -> None:
             for done in [pool.submit(run_group, group) for group in groups.values()]:
                 done.result()
     finally:
-        reports = [reports[i] for i in sorted(reports)]
         if reports:
-            Path(args.out).write_text(markdown(reports, time.perf_counter() - tic, commit))
+            write_table()
             print(f"table: {args.out}")
+        reports = [reports[i] for i in sorted(reports)]
         if args.keep or args.scratch:
             print(f"scratch folder kept: {scratch}")
         else:
