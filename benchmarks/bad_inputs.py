@@ -840,7 +840,7 @@ VERBOSE_LOG = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 
 
 def one_line(outcome: Outcome, limit: int = 400) -> str:
-    """The message a user reads: stderr without progress bars (fsad's own lines first), else stdout's last line."""
+    """The message a user reads: stderr without progress bars, else stdout's last line."""
     lines = [line.strip() for line in re.split(r"[\r\n]+", outcome.stderr) if line.strip() and not PROGRESS.search(line)]
     # -v adds a timestamped log line per step: of those, only the one that says training resumed
     lines = [line for line in lines if not VERBOSE_LOG.match(line) or "resuming" in line]
@@ -922,8 +922,8 @@ def markdown(reports: list[Report], seconds: float, commit: str, total: int) -> 
         f"**{passed} of {len(reports)} cases pass; {tracebacks} printed a traceback.**"
         + (f" Partial: {len(reports)} of the {total} cases selected have run." if len(reports) < total else ""),
         "",
-        "Columns: the message is stderr with progress bars removed (fsad's own `fsad: ...` lines where there are any), "
-        "lines joined with ` / `, else stdout's last line (the whole output of each case: `--keep`, then `logs/<case>.txt` in the "
+        "Columns: the message is stderr without progress bars (and, for `-v` runs, only the timestamped log line that "
+        "says training resumed), lines joined with ` / `, else stdout's last line (the whole output of each case: `--keep`, then `logs/<case>.txt` in the "
         "scratch folder); exit -9 is a process killed by SIGKILL; \"kept\" is what the "
         "folder held afterwards where it matters; traceback is found automatically (`Traceback (most recent call last)` "
         "in the output). CHECK is what the script asserts besides no traceback and no timeout. "
