@@ -844,8 +844,11 @@ def one_line(outcome: Outcome, limit: int = 400) -> str:
     lines = [line.strip() for line in re.split(r"[\r\n]+", outcome.stderr) if line.strip() and not PROGRESS.search(line)]
     # -v adds a timestamped log line per step: of those, only the one that says training resumed
     lines = [line for line in lines if not VERBOSE_LOG.match(line) or "resuming" in line]
-    lines = lines or [line.strip() for line in outcome.stdout.splitlines() if line.strip()][-1:]
-    text = " / ".join(lines)
+    if TRACEBACK in outcome.stderr:  # what a user sees last: the exception
+        lines = [line for line in lines[: lines.index(TRACEBACK + ":")] if line.startswith("fsad:")] + [f"(traceback) {lines[-1]}"]
+    lines = lines or [line.strip() for line in outcome.stdout.splitlines() if line.strip()][-1:] or ["(nothing printed)"]
+    # scratch and checkout paths written short, so the table reads the same on any machine
+    text = " / ".join(lines).replace(f"{outcome.scratch}/", "./").replace(str(ROOT), "<checkout>")
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
