@@ -29,7 +29,7 @@ FORMATS = ("onnx",)
 GRAPH_FILE = "features.onnx"
 
 
-def export_detector(folder: Path, format: str = "onnx") -> dict[str, Any]:  # noqa: A002 (the CLI's word)
+def export_detector(folder: Path, format: str = "onnx") -> dict[str, Any]:
     """Write ``folder/features.onnx`` for the detector in ``folder`` and record it; returns the record's ``export``.
 
     Raises:
@@ -41,9 +41,9 @@ def export_detector(folder: Path, format: str = "onnx") -> dict[str, Any]:  # no
     folder = Path(folder)
     detector, record = load_detector(folder, device="cpu")
     backbone = getattr(detector, "backbone", None)
-    if not isinstance(backbone, FeatureExtractor):
+    if not isinstance(backbone, FeatureExtractor):  # the user's choice of method, not a type error: one CLI line
         raise ValueError(f"fsad export: {record['method']} computes its features with more than a backbone "
-                         "(RegAD's STNs, DINOv2); they run in PyTorch and there is nothing to export")
+                         "(RegAD's STNs, DINOv2); they run in PyTorch and there is nothing to export")  # noqa: TRY004
     import torch
 
     size = (detector.image_size, detector.image_size)
@@ -84,7 +84,7 @@ def use_exported_features(detector: Any, folder: Path) -> bool:
     return bool(graphs)
 
 
-def export_command(detector: str, format: str) -> None:  # noqa: A002
+def export_command(detector: str, format: str) -> None:
     """``fsad export``: print what was written."""
     export = export_detector(Path(detector), format)
     print(f"{Path(detector) / export['file']}: the detector's features for {export['size'][0]} x {export['size'][1]} "

@@ -17,7 +17,6 @@ import pandas as pd
 import pytest
 import yaml
 
-import fsad.cli
 from fsad.cli import main
 from fsad.study import ablations, comparison, evaluation, experiment
 from fsad.study.run_folder import RECORD
@@ -46,10 +45,10 @@ def exit_code(capsys, *argv) -> tuple[int | str, str]:
 
 @pytest.fixture
 def project(toy_root, tmp_path, monkeypatch):
-    """A checkout at tmp_path (its ``runs/``), the toy data at ./data, and two configs named study.yaml with other lr."""
+    """The current directory at tmp_path (the default output folder is ./runs/<config name>), the toy data at
+    ./data, and two configs named study.yaml with other lr."""
     shutil.copytree(toy_root, tmp_path / "data")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(fsad.cli, "ROOT", tmp_path)  # the default output folder is ROOT/runs/<config name>
     for folder, lr in (("a", 0.01), ("b", 0.001)):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "study.yaml").write_text(yaml.safe_dump(
@@ -62,7 +61,7 @@ def stub_studies(monkeypatch) -> list[tuple[str, Path]]:
     ran: list[tuple[str, Path]] = []
     for command, (module, name) in STUDIES.items():
         def work(config, out_dir, *args, command=command, **kwargs):
-            ran.append((command, Path(out_dir)))
+            ran.append((command, Path(out_dir).resolve()))
             raise Ran
         monkeypatch.setattr(module, name, work)
     return ran
@@ -97,7 +96,7 @@ def test_a_folder_of_another_study_is_refused(project, monkeypatch, capsys, comm
     code, err = exit_code(capsys, command, "--config", "a/study.yaml", "--out", "shared")
     assert code == 2, f"fsad {command} began work in a folder of fsad {other} (exit {code!r})"
     assert f"holds the results of `fsad {other} --config" in err, err
-    assert ran == [(other, Path("shared"))]
+    assert ran == [(other, project / "shared")]
 
 
 def fail_in(monkeypatch, category: str, error: BaseException) -> None:
