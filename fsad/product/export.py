@@ -41,9 +41,11 @@ def export_detector(folder: Path, format: str = "onnx") -> dict[str, Any]:
     folder = Path(folder)
     detector, record = load_detector(folder, device="cpu")
     backbone = getattr(detector, "backbone", None)
-    if not isinstance(backbone, FeatureExtractor):  # the user's choice of method, not a type error: one CLI line
-        raise ValueError(f"fsad export: {record['method']} computes its features with more than a backbone "
-                         "(RegAD's STNs, DINOv2); they run in PyTorch and there is nothing to export")  # noqa: TRY004
+    if not isinstance(backbone, FeatureExtractor):
+        # The user's choice of method, not a type error: a ValueError is the CLI's one-line error.
+        raise ValueError(  # noqa: TRY004
+            f"fsad export: {record['method']} computes its features with more than a backbone "
+            "(RegAD's STNs, DINOv2); they run in PyTorch and there is nothing to export")
     import torch
 
     size = (detector.image_size, detector.image_size)
