@@ -13,7 +13,7 @@ from fsad.product.threshold import RULE_NAMES, RULES, References, Threshold, che
 # SHIFT = 1 makes the leave-one-out factor 1 - 1/K: 0.75 at K = 4, 0.5 at K = 2.
 LOO = References(leave_one_out=np.array([4.0, 8.0, 12.0, 40.0]), good=np.array([5.0, 7.0]),
                  synthetic=np.array([40.0, 80.0, 120.0]), k=4)
-VIEWS = References(leave_one_out=np.array([2.0, 6.0]), views=np.array([2.0, 4.0, 6.0, 8.0]), k=2)
+VIEWS = References(leave_one_out=np.array([4.0, 6.0]), views=np.array([2.0, 4.0, 6.0, 8.0]), k=2)  # same medians
 
 
 @pytest.fixture
@@ -42,6 +42,9 @@ def test_leave_one_out_shift(shift_one):
     assert (loo_shift(4), loo_shift(2), loo_shift(1)) == (0.75, 0.5, 1.0)
     assert LOO.normal("leave_one_out").tolist() == [3.0, 6.0, 9.0, 30.0, 5.0, 7.0]  # good scores are not shifted
     assert VIEWS.normal("views").tolist() == [1.0, 2.0, 3.0, 4.0]
+    # Views are rescaled to the leave-one-out median (10 / 5) before the shift.
+    rescaled = References(leave_one_out=np.array([10.0]), views=np.array([2.0, 5.0, 8.0]), good=np.array([7.0]), k=2)
+    assert rescaled.normal("views").tolist() == [2.0, 5.0, 8.0, 7.0]
     assert LOO.normal("views").tolist() == LOO.normal("leave_one_out").tolist()  # no views: leave-one-out
 
 

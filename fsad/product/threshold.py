@@ -12,7 +12,9 @@ reference scores (``References``, made by ``fsad.product.calibration``) into a t
 - ``synthetic``: anomalies made from every support image (cut-paste, noise, thin
   scratches), scored by the detector fitted on the other K - 1.
 
-A leave-one-out score comes from a detector of K - 1 images, so it runs higher than the score
+Views are rescaled to the median of the leave-one-out scores (augmented copies score higher
+than the images: they give the spread, the images the level). A leave-one-out score comes
+from a detector of K - 1 images, so it runs higher than the score
 of a new good image against all K. The rules other than ``max_margin`` multiply the
 leave-one-out kinds (leave_one_out, views, synthetic) by ``loo_shift(K) = 1 - SHIFT / K``
 before use (``--good`` scores need none); SHIFT was measured on fsad-mini
@@ -105,9 +107,16 @@ class References:
     k: int = 0
 
     def normal(self, kind: str, shifted: bool = True) -> np.ndarray:
-        """``kind`` ('leave_one_out' or 'views'; views fall back to leave_one_out when absent), plus good."""
-        scores = self.views if kind == "views" and len(self.views) else self.leave_one_out
+        """``kind`` ('leave_one_out' or 'views'; views fall back to leave_one_out when absent), plus good.
+
+        Views are rescaled to the leave-one-out scores' median first (x median(leave_one_out) /
+        median(views)): rotated and shifted copies score higher than the images themselves, so
+        they give the spread of the normal scores, the images their level.
+        """
         factor = loo_shift(self.k) if shifted else 1.0
+        scores = self.leave_one_out
+        if kind == "views" and len(self.views):
+            scores = np.asarray(self.views, float) * (float(np.median(self.leave_one_out)) / float(np.median(self.views)))
         return np.concatenate([np.asarray(scores, float) * factor, np.asarray(self.good, float)])
 
 
