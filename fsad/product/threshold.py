@@ -287,5 +287,5 @@ def describe(rule: str, target_fpr: float) -> str:
     return f"{rule}: {entry.summary}" + (f" (target_fpr = {target_fpr:g})" if entry.uses_target_fpr else "")
 
 
-__all__ = ["DEFAULT_RULE", "RULE_NAMES", "THRESHOLD_RULE", "DEFAULT_TARGET_FPR", "RULES", "References", "Threshold", "check_rule", "describe",
-           "exponential_tail", "loo_shift", "spread"]
+__all__ = ["DEFAULT_RULE", "DEFAULT_TARGET_FPR", "RULES", "RULE_NAMES", "THRESHOLD_RULE", "References", "Threshold",
+           "check_rule", "describe", "exponential_tail", "loo_shift", "spread"]
