@@ -155,7 +155,8 @@ def fit_command(images: Sequence[str], method: str | None, model: str | None, co
                          threshold=threshold, target_fpr=target_fpr)
     threshold = record["threshold"]
     print(f"{method} fitted on K = {record['support']['count']} images ({regad.image_size} px, "
-          f"{len(threshold['leave_one_out_scores'])} leave-one-out + {len(threshold['good_scores'])} good reference scores): "
+          f"{len(threshold['leave_one_out_scores'])} leave-one-out, {len(threshold['views_scores'])} view, "
+          f"{len(threshold['synthetic_scores'])} synthetic + {len(threshold['good_scores'])} good reference scores): "
           f"image threshold {threshold['image']:.4g}, pixel threshold {threshold['pixel']:.4g}")
     print(f"threshold rule {threshold['description']}")
     print(f"detector: {Path(out)} ({RECORD_FILE} says what made it); {time.perf_counter() - tic:.1f} s")
