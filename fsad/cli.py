@@ -163,7 +163,8 @@ def cmd_ablate(args) -> None:
 def cmd_fit(args) -> None:
     from fsad.product.fit import fit_command
 
-    fit_command(args.images, args.method, args.model, args.config, args.good, args.out, args.force, args.device)
+    fit_command(args.images, args.method, args.model, args.config, args.good, args.out, args.force,
+                threshold=args.threshold, target_fpr=args.target_fpr, device=args.device)
 
 
 def cmd_predict(args) -> None:
@@ -261,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tables-only", action="store_true", help="do not run: write the tables of --out")
     p.set_defaults(func=cmd_ablate)
 
-    from fsad.product.threshold import THRESHOLD_RULE
+    from fsad.product.threshold import DEFAULT_RULE, DEFAULT_TARGET_FPR, RULE_NAMES, THRESHOLD_RULE
 
     p = sub.add_parser("fit", help="fit a detector on K good images of a new product, with a threshold",
                        description=f"Fit a detector on K good images (K = the images found) and save it.\n\n{THRESHOLD_RULE}",
@@ -273,6 +274,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--config", help="YAML: a regad: section (backbone, image_size, eps, blur_sigma, device, ...) "
                    "and an options: section of method options, or RegAD settings alone")
     p.add_argument("--good", nargs="+", help="extra good images (files or folders) for the threshold only")
+    p.add_argument("--threshold", default=DEFAULT_RULE, metavar="RULE",
+                   help=f"threshold rule: {', '.join(RULE_NAMES)} (default {DEFAULT_RULE})")
+    p.add_argument("--target-fpr", type=float, default=DEFAULT_TARGET_FPR,
+                   help=f"false-positive rate the quantile, tail, views_tail and lognormal rules aim at (default {DEFAULT_TARGET_FPR})")
     p.add_argument("--out", required=True, help="the detector folder to write")
     p.add_argument("--force", action="store_true", help="replace a detector of other images or settings in --out")
     p.add_argument("--device", type=_device, help="where to fit: auto, cpu, cuda, cuda:N (default: the config's device, auto)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import struct
@@ -16,7 +17,8 @@ from PIL import Image
 
 from fsad.cli import main
 from fsad.methods.registry import load_detector
-from fsad.product.threshold import Threshold
+from fsad.product.calibration import reference_scores, synthetic_anomalies
+from fsad.product.threshold import References, Threshold
 
 CONFIG = "regad:\n  pretrained: false\n  image_size: 32\n  device: cpu\n"
 
@@ -131,7 +133,7 @@ def test_predict_skips_an_unreadable_image_then_fails_naming_it(product, capsys)
     assert "broken.png" in table.loc[table["label"] == "error", "error"].iloc[0]
 
 
-def test_threshold_from_good_images_alone_with_one_support_image(product):
+def test_threshold_from_good_images_alone_with_one_support_image(product, capsys):
     tmp = product["tmp"]
     one = next(product["good"].glob("*.png"))
     extra = tmp / "extra"
@@ -142,19 +144,59 @@ def test_threshold_from_good_images_alone_with_one_support_image(product):
     _, record = load_detector(tmp / "detector")
     threshold = record["threshold"]
     assert threshold["leave_one_out_scores"] == [] and len(threshold["good_scores"]) == 4
-    expected = Threshold.from_reference(np.array(threshold["good_scores"]), np.array([threshold["pixel"]]))
-    assert threshold["image"] == pytest.approx(expected.image)
+    expected, _ = Threshold.level(threshold["rule"], References(good=np.array(threshold["good_scores"]), k=1))
+    assert threshold["image"] == pytest.approx(expected)
     assert record["good"]["count"] == 4 and record["good"]["fingerprint"]
+    line = fails(capsys, "fit", one, "--good", extra, "--threshold", "synthetic", "--config", product["config"],
+                 "--out", tmp / "other")
+    assert "--threshold synthetic" in line and "K = 1" in line and not (tmp / "other").exists()
 
 
-def test_threshold_rule():
-    threshold = Threshold.from_reference(np.array([1.0, 2.0, 4.0]), np.array([2.0, 3.0, 7.0]))
-    assert (threshold.image, threshold.image_normal) == (6.0, 2.0)  # 4 + 1 x (4 - 2)
-    assert (threshold.pixel, threshold.pixel_normal) == (11.0, 3.0)
-    assert threshold.normalise_image(np.array([2.0, 6.0, 10.0, 50.0, 0.0])).tolist() == [0.0, 0.5, 1.0, 1.0, 0.0]
-    assert torch.allclose(threshold.normalise_map(torch.tensor([7.0, 11.0])), torch.tensor([0.25, 0.5]))
-    single = Threshold.from_reference(np.array([5.0]), np.array([5.0]))
-    assert single.image == pytest.approx(5.5) and single.normalise_image(np.array([5.5]))[0] == 0.5
+@pytest.mark.parametrize("rule", ["views_tail", "synthetic"])
+def test_fit_records_the_rule_and_its_references(product, rule):
+    tmp = product["tmp"]
+    fsad("fit", product["good"], "--threshold", rule, "--target-fpr", "0.05", "--config", product["config"],
+         "--out", tmp / "detector")
+    _, record = load_detector(tmp / "detector")
+    threshold = record["threshold"]
+    assert threshold["rule"] == rule and threshold["description"].startswith(f"{rule}: ")
+    assert threshold["target_fpr"] == (0.05 if rule == "views_tail" else None)
+    loo = threshold["leave_one_out_scores"]
+    assert len(threshold["views_scores"]) == (88 if rule == "views_tail" else 0)
+    assert len(threshold["synthetic_scores"]) == (12 if rule == "synthetic" else 0)
+    if rule == "views_tail":  # view 0 of every support image is the image itself
+        assert np.allclose(threshold["views_scores"][::22], loo, rtol=1e-5)
+    refs = References(**{kind: np.array(threshold[f"{kind}_scores"]) for kind in ("leave_one_out", "views", "good", "synthetic")}, k=4)
+    assert (threshold["image"], threshold["image_normal"]) == pytest.approx(Threshold.level(rule, refs, 0.05))
+    assert threshold["pixel"] == pytest.approx(threshold["image"])  # padim_views: the image score is the map's maximum
+
+
+def test_bad_threshold_options_are_one_line_errors(product, capsys):
+    tmp = product["tmp"]
+    line = fails(capsys, "fit", product["good"], "--threshold", "oracle", "--config", product["config"], "--out", tmp / "d")
+    assert "unknown --threshold 'oracle'" in line and "max_margin" in line
+    line = fails(capsys, "fit", product["good"], "--threshold", "tail", "--target-fpr", "1", "--config", product["config"],
+                 "--out", tmp / "d")
+    assert "--target-fpr must be between 0 and 0.5" in line and not (tmp / "d").exists()
+
+
+def test_reference_scores_score_views_and_synthetic_anomalies_leave_one_out(product):
+    from fsad.config import RegADConfig
+    from fsad.data.mvtec import read_image
+    from fsad.methods.registry import build_detector
+
+    regad = RegADConfig(pretrained=False, image_size=32)
+    support = torch.stack([read_image(p, 32) for p in product["extra"][:3]])
+    detector = build_detector("padim_views", regad)
+    image_refs, map_refs = reference_scores(detector, support, support[:1], kinds=("views", "synthetic"))
+    assert (len(image_refs.leave_one_out), len(image_refs.views), len(image_refs.synthetic), len(image_refs.good)) == (3, 66, 9, 1)
+    held_out = copy.deepcopy(detector)  # the same (random) backbone
+    held_out.fit(support[1:])  # the fit that scores image 0
+    assert image_refs.leave_one_out[0] == pytest.approx(float(held_out.predict(support[:1]).image[0]), rel=1e-5)
+    assert image_refs.synthetic[:3] == pytest.approx(held_out.predict(synthetic_anomalies(support[0])).image.numpy(), rel=1e-5)
+    assert image_refs.good[0] == pytest.approx(float(detector.predict(support[:1]).image[0]), rel=1e-5)  # fitted on all K
+    assert np.allclose(map_refs.views, image_refs.views)
+    assert torch.equal(synthetic_anomalies(support[1]), synthetic_anomalies(support[1].clone()))  # seeded by the pixels
 
 
 def test_refitting_into_an_out_folder_of_another_detector_needs_force(product, capsys):

@@ -7,8 +7,9 @@ and CutPaste (https://arxiv.org/abs/2104.04015): inside a random blob (a union o
 ellipses), the image is replaced by a blend of one of
 - a texture crop (from ``../shared/datasets/dtd-mini`` or any folder of images),
 - a patch cut from elsewhere in the same image (cut-and-paste),
-- coloured noise.
-The mask is exactly the blob: the only pixels that may change.
+- coloured noise;
+and (``kinds`` asks for it) a thin scratch: a bent line 1-3 px wide, darker or brighter.
+The mask is exactly the blob (or the line): the only pixels that may change.
 
 Example:
     >>> synth = AnomalySynthesizer(textures_from_folder(DTD_MINI_DIR, 64, limit=50), seed=0)
@@ -25,6 +26,7 @@ import torch
 from fsad.data.mvtec import IMAGE_SUFFIXES, read_image
 
 KINDS = ("texture", "cutpaste", "noise")
+SCRATCH = "scratch"
 
 
 def textures_from_folder(folder: str | Path, size: int, limit: int | None = None, seed: int = 0) -> torch.Tensor:
@@ -40,6 +42,26 @@ def textures_from_folder(folder: str | Path, size: int, limit: int | None = None
         keep = np.random.default_rng(seed).choice(len(files), limit, replace=False)
         files = [files[i] for i in sorted(keep)]
     return torch.stack([(read_image(f, size) * 255).round().to(torch.uint8) for f in files])
+
+
+def random_scratch(size: int, rng: np.random.Generator) -> np.ndarray:
+    """A size x size boolean mask: a bent line (a quadratic curve) 1-3 px wide, 20-60 % of the side long."""
+    start = rng.uniform(0.15 * size, 0.85 * size, 2)
+    angle, length = rng.uniform(0, np.pi), rng.uniform(0.2, 0.6) * size
+    direction = np.array([np.sin(angle), np.cos(angle)])
+    bend = rng.normal(0, 0.1 * length) * np.array([-direction[1], direction[0]])
+    t = np.linspace(0, 1, max(8, int(2 * length)))[:, None]
+    points = start + t * length * direction + 4 * t * (1 - t) * bend  # n x 2 (y, x)
+    radius = rng.uniform(0.5, 1.5)
+    yy, xx = np.mgrid[0:size, 0:size]
+    mask = np.zeros((size, size), dtype=bool)
+    for y, x in points:
+        lo_y, hi_y, lo_x, hi_x = (max(0, int(y - 2)), min(size, int(y + 3)), max(0, int(x - 2)), min(size, int(x + 3)))
+        near = (yy[lo_y:hi_y, lo_x:hi_x] - y) ** 2 + (xx[lo_y:hi_y, lo_x:hi_x] - x) ** 2 <= radius**2
+        mask[lo_y:hi_y, lo_x:hi_x] |= near
+    y, x = np.clip(points[len(points) // 2].astype(int), 0, size - 1)
+    mask[y, x] = True  # never empty
+    return mask
 
 
 def random_blob(size: int, rng: np.random.Generator, max_fraction: float = 0.2) -> np.ndarray:
@@ -67,25 +89,44 @@ class AnomalySynthesizer:
             the ``texture`` kind.
         seed: Seed of every random choice; calls draw one after another from it.
         opacity: Range of the blend factor of the pasted content (1: fully replaced).
+        kinds: The kinds drawn from (default: ``KINDS``, less ``texture`` without textures);
+            ``scratch`` only when named here.
+        max_fraction: Largest share of the image a blob's ellipse covers.
     """
 
-    def __init__(self, textures: torch.Tensor | None = None, seed: int = 0, opacity: tuple[float, float] = (0.6, 1.0)):
+    def __init__(self, textures: torch.Tensor | None = None, seed: int = 0, opacity: tuple[float, float] = (0.6, 1.0),
+                 kinds: tuple[str, ...] | None = None, max_fraction: float = 0.2):
         self.textures = textures
         self.rng = np.random.default_rng(seed)
         self.opacity = opacity
-        self.kinds = KINDS if textures is not None else KINDS[1:]
+        self.max_fraction = max_fraction
+        self.kinds = kinds or (KINDS if textures is not None else KINDS[1:])
+        unknown = sorted(set(self.kinds) - {*KINDS, SCRATCH})
+        if unknown or ("texture" in self.kinds and textures is None):
+            raise ValueError(f"fsad/data/synthesis.py: kinds {list(self.kinds)}: unknown {unknown} or texture without "
+                             f"textures; choose from {[*KINDS, SCRATCH]}")
 
-    def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, str]:
-        """One anomalous version of ``image`` (3 x S x S uint8).
+    def __call__(self, image: torch.Tensor, kind: str | None = None) -> tuple[torch.Tensor, torch.Tensor, str]:
+        """One anomalous version of ``image`` (3 x S x S uint8), of ``kind`` (default: drawn from ``kinds``).
 
         Returns:
             The image (3 x S x S uint8), its mask (S x S float in {0, 1}) and the kind used.
         """
         _, size, _ = image.shape
-        mask = torch.from_numpy(random_blob(size, self.rng))  # S x S bool
-        kind = str(self.rng.choice(self.kinds))
+        if kind is not None and kind not in self.kinds:
+            raise ValueError(f"fsad/data/synthesis.py: kind {kind!r} is not one of {list(self.kinds)}")
+        if kind is None and SCRATCH in self.kinds:  # the kind decides the mask's shape: draw it first
+            kind = str(self.rng.choice(self.kinds))
+        if kind == SCRATCH:
+            mask = torch.from_numpy(random_scratch(size, self.rng))  # S x S bool
+        else:
+            mask = torch.from_numpy(random_blob(size, self.rng, self.max_fraction))  # S x S bool
+        kind = kind or str(self.rng.choice(self.kinds))
         original = image.float()  # 3 x S x S
-        if kind == "texture":
+        if kind == SCRATCH:
+            # Darker or brighter than the image, in the image's own hue: a line of the same colour, shifted.
+            content = (original + (1 if self.rng.random() < 0.5 else -1) * float(self.rng.uniform(60, 140))).clamp(0, 255)
+        elif kind == "texture":
             content = self.textures[self.rng.integers(len(self.textures))].float()
             if self.textures.shape[-1] != size:
                 raise ValueError(f"fsad/data/synthesis.py: textures are {self.textures.shape[-1]} px, images {size} px; load them at the image size")

@@ -1,7 +1,8 @@
 """``fsad fit``: a detector folder from K good images, with a threshold from normal images only.
 
-The threshold comes from normal images only, by the rule of ``fsad.product.threshold``
-(leave-one-out scores of the support images, plus the optional ``--good`` images).
+The threshold comes from normal images only, by a named rule of ``fsad.product.threshold``
+(``--threshold``) on reference scores of ``fsad.product.calibration`` (leave-one-out scores of
+the support images, their views and synthetic anomalies, plus the optional ``--good`` images).
 """
 
 from __future__ import annotations
@@ -14,17 +15,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from fsad.config import RegADConfig, read_yaml
 from fsad.data.fingerprint import fingerprint
 from fsad.data.mvtec import read_image
-from fsad.methods.base import Detector
 from fsad.methods.registry import DETECTORS, RECORD_FILE, build_detector, is_detector_folder, save_detector
 from fsad.product.images import find_images
-from fsad.product.threshold import MARGIN, THRESHOLD_RULE, Threshold
+from fsad.product.calibration import reference_scores
+from fsad.product.threshold import DEFAULT_RULE, DEFAULT_TARGET_FPR, Threshold, check_rule, describe
 
 DEFAULT_METHOD = "padim_views"
 
@@ -88,44 +87,10 @@ def _check_out(out: Path, recipe: dict[str, Any], force: bool) -> None:
                          "pass --force to replace it, or choose another --out")
 
 
-def fit_with_reference(detector: Detector, support: torch.Tensor, good: torch.Tensor | None = None,
-                       leave_one_out: bool = True, progress: bool = False) -> dict[str, Any]:
-    """Fit ``detector`` on all K support images and return the normal reference scores of the threshold rule.
-
-    Args:
-        support: K x 3 x S x S images; with ``leave_one_out`` each is scored by the detector
-            fitted on the other K - 1 first (K extra fits).
-        good: G x 3 x S x S extra good images, scored by the detector fitted on all K.
-
-    Returns:
-        ``leave_one_out`` (K image scores or none), ``good`` (G image scores), and over
-        both: ``image`` (image scores) and ``map_max`` (each map's maximum), as arrays.
-    """
-    k = len(support)
-    image, map_max, loo = [], [], []
-    bar = tqdm(range(k if leave_one_out else 0), desc=f"{detector.name} leave-one-out", leave=False,
-               disable=True if not progress or k < 4 else None)
-    for held in bar:
-        detector.fit(torch.cat([support[:held], support[held + 1 :]]))  # (K - 1) x 3 x S x S
-        with torch.no_grad():  # scoring only: a fit may train (regad_l) and needs gradients
-            scores = detector.predict(support[held : held + 1])
-        loo.append(float(scores.image[0]))
-        map_max.append(float(scores.maps[0].max()))
-    image += loo
-    detector.fit(support)  # last: the detector that is saved is fitted on all K
-    good_scores = []
-    if good is not None and len(good):
-        with torch.no_grad():
-            scores = detector.predict(good)
-        good_scores = scores.image.tolist()
-        image += good_scores
-        map_max += scores.maps.flatten(1).amax(dim=1).tolist()
-    return {"leave_one_out": loo, "good": good_scores, "image": np.array(image), "map_max": np.array(map_max)}
-
-
 def fit_product(images: Sequence[str | Path], method: str, regad: RegADConfig, options: dict[str, Any] | None = None,
                 model_path: Path | None = None, good: Sequence[str | Path] = (), out: Path = Path("detector"),
-                force: bool = False, progress: bool = True) -> dict[str, Any]:
+                force: bool = False, progress: bool = True, threshold: str = DEFAULT_RULE,
+                target_fpr: float = DEFAULT_TARGET_FPR) -> dict[str, Any]:
     """Fit ``method`` on the K images of ``images``, set the threshold, save the detector folder ``out``.
 
     Args:
@@ -134,6 +99,7 @@ def fit_product(images: Sequence[str | Path], method: str, regad: RegADConfig, o
         good: Extra good images (files or folders) for the threshold only.
         out: The detector folder to write (replaced as a whole).
         force: Replace a detector of other images or settings in ``out``.
+        threshold, target_fpr: The rule of ``fsad.product.threshold.RULES`` and its false-positive rate.
 
     Returns:
         The record written to ``out/detector.json``.
@@ -142,6 +108,7 @@ def fit_product(images: Sequence[str | Path], method: str, regad: RegADConfig, o
         FileNotFoundError, ValueError: every check below runs before any fitting.
     """
     out, options = Path(out), dict(options or {})
+    rule = check_rule(threshold, target_fpr)
     support = find_images(images)
     extra = find_images(good) if good else []
     k = len(support)
@@ -155,6 +122,9 @@ def fit_product(images: Sequence[str | Path], method: str, regad: RegADConfig, o
     if not leave_one_out and not extra:
         raise ValueError(f"fsad fit: with K = {k} {method} has no leave-one-out score to set the threshold "
                          f"(it needs K >= {detector.min_support + 1}); add good images with --good DIR")
+    if not leave_one_out and "synthetic" in rule.needs:
+        raise ValueError(f"fsad fit: --threshold {threshold} scores synthetic anomalies leave one out, which {method} "
+                         f"cannot do with K = {k} (it needs K >= {detector.min_support + 1}); choose another --threshold")
     record: dict[str, Any] = {
         "support": {"count": k, "images": [str(p) for p, _ in support], "fingerprint": _fingerprint([p for p, _ in support])},
         "good": {"count": len(extra), "images": [str(p) for p, _ in extra],
@@ -166,24 +136,30 @@ def fit_product(images: Sequence[str | Path], method: str, regad: RegADConfig, o
     size = regad.image_size
     support_images = _read([p for p, _ in support], size)  # K x 3 x S x S
     extra_images = _read([p for p, _ in extra], size) if extra else None  # G x 3 x S x S
-    reference = fit_with_reference(detector, support_images, extra_images, leave_one_out, progress)
-    threshold = Threshold.from_reference(reference["image"], reference["map_max"])
-    record["threshold"] = {"rule": THRESHOLD_RULE.replace("\n", " "), "margin": MARGIN, **asdict(threshold),
-                           "leave_one_out_scores": reference["leave_one_out"], "good_scores": reference["good"]}
+    image_refs, map_refs = reference_scores(detector, support_images, extra_images, leave_one_out, rule.needs, progress)
+    levels = Threshold.from_rule(threshold, image_refs, map_refs, target_fpr)
+    record["threshold"] = {"rule": threshold, "description": describe(threshold, target_fpr),
+                           "target_fpr": target_fpr if rule.uses_target_fpr else None, **asdict(levels),
+                           **{f"{kind}_scores": getattr(image_refs, kind).tolist()
+                              for kind in ("leave_one_out", "good", "views", "synthetic")}}
     save_detector(out, detector, regad, options, record)
     return record
 
 
 def fit_command(images: Sequence[str], method: str | None, model: str | None, config: str | None, good: Sequence[str],
-                out: str, force: bool, device: str | None = None) -> None:
+                out: str, force: bool, threshold: str = DEFAULT_RULE, target_fpr: float = DEFAULT_TARGET_FPR,
+                device: str | None = None) -> None:
     """``fsad fit``: fit (on ``device`` when given, else the config's), then print where the detector went and its threshold."""
     regad, options = read_settings(config)
     regad = regad if device is None else regad.replace(device=device)
     method = method or DEFAULT_METHOD
     tic = time.perf_counter()
-    record = fit_product(images, method, regad, options, Path(model) if model else None, good or (), Path(out), force)
+    record = fit_product(images, method, regad, options, Path(model) if model else None, good or (), Path(out), force,
+                         threshold=threshold, target_fpr=target_fpr)
     threshold = record["threshold"]
     print(f"{method} fitted on K = {record['support']['count']} images ({regad.image_size} px, "
-          f"{len(threshold['leave_one_out_scores'])} leave-one-out + {len(threshold['good_scores'])} good reference scores): "
+          f"{len(threshold['leave_one_out_scores'])} leave-one-out, {len(threshold['views_scores'])} view, "
+          f"{len(threshold['synthetic_scores'])} synthetic + {len(threshold['good_scores'])} good reference scores): "
           f"image threshold {threshold['image']:.4g}, pixel threshold {threshold['pixel']:.4g}")
+    print(f"threshold rule {threshold['description']}")
     print(f"detector: {Path(out)} ({RECORD_FILE} says what made it); {time.perf_counter() - tic:.1f} s")

@@ -1,49 +1,67 @@
 """The decision threshold of a product detector (``fsad fit``), from normal images only.
 
 Anomalib's threshold set on normal-only validation images flags nearly every new image
-(anomalib issues #2433 and #3357); the rule here:
+(anomalib issues #2433 and #3357). Here a named rule (``fsad fit --threshold RULE``) turns
+reference scores (``References``, made by ``fsad.product.calibration``) into a threshold:
 
-1. Normal reference scores: every support image scored by the detector fitted on the
-   other K - 1 (leave one out; needs K - 1 >= the method's fewest support images, so
-   none with K = 1), plus, with ``--good``, every extra good image scored by the
-   detector fitted on all K.
-2. ``threshold = max(reference) + MARGIN * (max(reference) - median(reference))``,
-   MARGIN = 1; with a single reference score the spread is taken as 10 % of its size.
-   Leave-one-out scores come from K - 1 images, so they run higher than the scores of
-   new good images against all K: the threshold errs towards passing good images.
-3. ``normalised = clip(0.5 + 0.5 * (score - threshold) / (threshold - median(reference)), 0, 1)``:
-   0.5 is the threshold, 0 the typical normal image, 1 twice as far above the threshold.
-   ``label`` is ``anomalous`` when normalised > 0.5, else ``normal``.
-4. Pixels: the same rule on each reference image's map maximum gives the pixel threshold
-   (equal to the image one for methods whose image score is the map's maximum; SPADE and
-   PatchCore score images their own way). Heat-maps colour the normalised map (blue 0,
-   green 0.5 = threshold, red 1) on one scale for every image; masks are pixels > 0.5.
+- ``leave_one_out``: every support image scored by the detector fitted on the other K - 1
+  (none with K = 1);
+- ``views``: RegAD's 22 views of every support image (flips, rotations, shifts, grey)
+  scored by the detector fitted on the other K - 1 (22 K scores; view 0 is the image);
+- ``good``: the ``--good`` images scored by the detector fitted on all K;
+- ``synthetic``: anomalies made from every support image (cut-paste, noise, thin
+  scratches), scored by the detector fitted on the other K - 1.
 
-MARGIN was chosen on fsad-mini magnetic_tile and pcb (224 px, K = 4 drawn three times from
-train/good, scored on all their test images; bottle and metal_plate kept for the check):
-false-positive rate on test/good / recall on defective images, mean of the three draws,
+Views are rescaled to the median of the leave-one-out scores (augmented copies score higher
+than the images: they give the spread, the images the level). A leave-one-out score comes
+from a detector of K - 1 images, so it runs higher than the score
+of a new good image against all K. The rules other than ``max_margin`` multiply the
+leave-one-out kinds (leave_one_out, views, synthetic) by ``loo_shift(K) = 1 - SHIFT / K``
+before use (``--good`` scores need none); SHIFT = 0.6 was measured on fsad-mini at 128 px
+(median test/good score over median leave-one-out score: 0.64 at K = 2, 0.85 at K = 4, 0.94 at
+K = 8; ``benchmarks/calibration.py``, docs/calibration.md).
 
-=============  ===========  ===========  ===========  ===========
-MARGIN         0            0.5          1            2
-=============  ===========  ===========  ===========  ===========
-padim_views    17 / 44, 7   12 / 35, 7   10 / 29, 7   8 / 22, 7
-untrained      15 / 38, 8   9 / 26, 7    7 / 18, 7    4 / 14, 6
-patchcore      13 / 36, 16  9 / 24, 11   4 / 17, 4    1 / 10, 1
-=============  ===========  ===========  ===========  ===========
+The rules (R: the references named; med: median; sigma = 1.4826 x median absolute
+deviation, at least 5 % of |med|; f: ``--target-fpr``):
 
-(magnetic_tile FPR / recall, then pcb FPR, %; pcb is at chance for every method, its
-recall equals its FPR). With K = 4 the largest of four leave-one-out scores is a noisy
-estimate, so one draw's FPR ranged 0-21 %: more good images (``--good``) steady it.
+=============  ===========================================  =====================================
+rule           references R                                 threshold
+=============  ===========================================  =====================================
+max_margin     leave_one_out + good (not shifted)           max R + (max R - med R); with one
+                                                            score, 1.1 x that score
+mad            leave_one_out + good                         med R + 3 sigma
+quantile       views + good                                 the (1 - f) quantile of R (linear)
+tail           leave_one_out + good                         exponential tail above the median:
+                                                            med + beta ln(p / f), beta = mean
+                                                            excess over med, p = share above med
+views_tail     views + good                                 the same on views + good
+lognormal      views + good                                 exp(med log R + z(1 - f) sigma(log R))
+synthetic      leave_one_out + good, and synthetic S        max(max R, (max R + med S) / 2)
+=============  ===========================================  =====================================
+
+The default, ``lognormal`` at f = 0.05, was chosen on ``benchmarks/calibration.py``: over
+fsad-mini and ELPV at K = 4 and 8 it had the fewest degenerate draws without ``--good`` images
+and an FPR on unseen good images of 4.8 % for 5 % asked (docs/calibration.md).
+
+Every rule's normal level (normalised score 0) is med R; a threshold at or below it is
+raised to med R + sigma. ``normalised = clip(0.5 + 0.5 (score - threshold) / (threshold -
+normal), 0, 1)``: 0.5 is the threshold; ``label`` is ``anomalous`` when normalised > 0.5.
+Pixels: the same rule on each reference image's map maximum gives the pixel threshold of
+the heat-maps and masks (equal to the image one where the image score is the map's maximum).
 
 Example:
-    >>> threshold = Threshold.from_reference(np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0, 3.0]))
+    >>> refs = References(leave_one_out=np.array([1.0, 2.0, 3.0]))
+    >>> threshold = Threshold.from_rule("max_margin", refs, refs)
     >>> threshold.image, threshold.normalise_image(np.array([2.0, 4.0]))
     (4.0, array([0. , 0.5]))
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -51,14 +69,173 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-MARGIN = 1.0
+MARGIN = 1.0  # max_margin: threshold = max + MARGIN x (max - median)
+MAD_K = 3.0  # mad: threshold = median + MAD_K x sigma
+MAD_SIGMA = 1.4826  # median absolute deviation -> standard deviation of a normal distribution
+MIN_SPREAD = 0.05  # sigma is at least this share of |median| (K = 2 gives two equal-looking scores)
+SHIFT = 0.6  # loo_shift(K) = 1 - SHIFT / K, measured in benchmarks/calibration.py
+DEFAULT_RULE = "lognormal"  # chosen on benchmarks/calibration.py (docs/calibration.md)
+DEFAULT_TARGET_FPR = 0.05
+RULE_NAMES = ("max_margin", "mad", "quantile", "tail", "views_tail", "lognormal", "synthetic")
+# The fsad fit --help text on thresholds (measured in docs/calibration.md).
 THRESHOLD_RULE = """\
-threshold (normal images only): every support image is scored by the detector fitted on the
-other K - 1 (leave one out; none with K = 1), plus the --good images by the detector fitted on
-all K. threshold = max + MARGIN x (max - median) of those scores (MARGIN = 1); normalised score =
-clip(0.5 + 0.5 (score - threshold) / (threshold - median), 0, 1), so 0.5 is the threshold; label
-= anomalous when normalised > 0.5. The same rule on the maps' maxima sets the pixel threshold of
-the heat-maps and masks. K = 1 needs --good."""
+threshold (normal images only, --threshold RULE): every support image is scored by the detector
+fitted on the other K - 1 (leave one out; none with K = 1), with its 22 views and 3 synthetic
+anomalies where the rule uses them, plus the --good images by the detector fitted on all K.
+Rules: """ + ", ".join(RULE_NAMES) + """ (fsad.product.threshold).
+
+Default: lognormal at --target-fpr 0.05: a log-normal model (median, 1.4826 MAD of the logs)
+of the views' scores (rescaled to the images' median, x (1 - 0.6 / K) for the K - 1 vs K shift)
+and the --good scores, threshold at its 95th percentile. Measured (benchmarks/calibration.py,
+padim_views 128 px, fsad-mini's 4 categories + ELPV mono/poly, K = 4 and 8, 10 draws each, 120
+(category, draw) pairs): FPR on unseen good images 4.8 % on average (10-90 % of pairs: 0 - 15 %),
+recall 45 %, 10 degenerate pairs (recall 0 at FPR 0: 6 on pcb, where padim_views is at
+chance, 3 on metal_plate; FPR > 30 %: 1 on poly); today's max_margin: FPR 2.2 %, recall 29 %,
+29 degenerate. With 20+ --good images use --threshold tail: with 30, FPR 4.7 % for a target of
+5 %, recall 54 %, no degenerate pair. Targets of 0.01 gave 2.0 - 2.6 %.
+
+normalised score = clip(0.5 + 0.5 (score - threshold) / (threshold - median), 0, 1), so 0.5 is
+the threshold; label = anomalous when normalised > 0.5. The same rule on the maps' maxima sets
+the pixel threshold of the heat-maps and masks. K = 1 needs --good."""
+
+
+def loo_shift(k: int) -> float:
+    """The factor that takes a leave-one-out score (K - 1 images) to the scale of a new good image (K)."""
+    return 1.0 - SHIFT / k if k > 1 else 1.0
+
+
+@dataclass(frozen=True)
+class References:
+    """Reference scores of one kind (image scores, or map maxima), by where they come from.
+
+    Attributes:
+        leave_one_out: K scores, each support image against the other K - 1 (empty with K = 1).
+        views: 22 K scores of the support images' views against the other K - 1 (or empty).
+        good: G scores of the --good images against all K.
+        synthetic: S scores of synthetic anomalies against the other K - 1 (or empty).
+        k: The number of support images (for the leave-one-out shift).
+    """
+
+    leave_one_out: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    views: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    good: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    synthetic: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    k: int = 0
+
+    def normal(self, kind: str, shifted: bool = True) -> np.ndarray:
+        """``kind`` ('leave_one_out' or 'views'; views fall back to leave_one_out when absent), plus good.
+
+        Views are rescaled to the leave-one-out scores' median first (x median(leave_one_out) /
+        median(views)): rotated and shifted copies score higher than the images themselves, so
+        they give the spread of the normal scores, the images their level.
+        """
+        factor = loo_shift(self.k) if shifted else 1.0
+        scores = self.leave_one_out
+        if kind == "views" and len(self.views):
+            scores = np.asarray(self.views, float) * (float(np.median(self.leave_one_out)) / float(np.median(self.views)))
+        return np.concatenate([np.asarray(scores, float) * factor, np.asarray(self.good, float)])
+
+
+def spread(reference: np.ndarray) -> float:
+    """sigma = 1.4826 x median absolute deviation, at least MIN_SPREAD x |median| (and > 0)."""
+    median = float(np.median(reference))
+    mad = float(np.median(np.abs(reference - median)))
+    return max(MAD_SIGMA * mad, MIN_SPREAD * abs(median), 1e-12)
+
+
+def _max_margin(refs: References, target_fpr: float) -> tuple[float, np.ndarray]:
+    r = refs.normal("leave_one_out", shifted=False)
+    top, median = float(np.max(r)), float(np.median(r))
+    margin = top - median if len(r) > 1 and top > median else 0.1 * max(abs(top), 1e-12)
+    return top + MARGIN * margin, r
+
+
+def _mad(refs: References, target_fpr: float) -> tuple[float, np.ndarray]:
+    r = refs.normal("leave_one_out")
+    return float(np.median(r)) + MAD_K * spread(r), r
+
+
+def _quantile(refs: References, target_fpr: float) -> tuple[float, np.ndarray]:
+    r = refs.normal("views")
+    return float(np.quantile(r, 1 - target_fpr)), r
+
+
+def exponential_tail(reference: np.ndarray, target_fpr: float) -> float:
+    """The score exceeded with probability ``target_fpr`` under an exponential tail above the median.
+
+    Peaks over a threshold (the generalised Pareto tail with shape 0): above u = median,
+    P(X > u + t) = p exp(-t / beta), p = the share of scores above u, beta = their mean
+    excess over u (its maximum-likelihood estimate); so threshold = u + beta ln(p / f).
+    """
+    u = float(np.median(reference))
+    excess = reference[reference > u] - u
+    p = len(excess) / len(reference)
+    beta = float(excess.mean()) if len(excess) else spread(reference)
+    p = max(p, 1 / (len(reference) + 1))  # no score above the median (all equal): one in N + 1
+    return u + beta * max(math.log(p / target_fpr), 0.0)
+
+
+def _tail(refs: References, target_fpr: float) -> tuple[float, np.ndarray]:
+    r = refs.normal("leave_one_out")
+    return exponential_tail(r, target_fpr), r
+
+
+def _views_tail(refs: References, target_fpr: float) -> tuple[float, np.ndarray]:
+    r = refs.normal("views")
+    return exponential_tail(r, target_fpr), r
+
+
+def _lognormal(refs: References, target_fpr: float) -> tuple[float, np.ndarray]:
+    r = refs.normal("views")
+    z = NormalDist().inv_cdf(1 - target_fpr)
+    if np.all(r > 0):
+        logs = np.log(r)
+        return float(np.exp(np.median(logs) + z * spread(logs))), r
+    return float(np.median(r)) + z * spread(r), r  # scores <= 0: a normal model of the scores themselves
+
+
+def _synthetic(refs: References, target_fpr: float) -> tuple[float, np.ndarray]:
+    if not len(refs.synthetic):
+        raise ValueError("fsad fit: --threshold synthetic needs K >= 2 support images (synthetic anomalies "
+                         "are scored leave one out); choose another --threshold")
+    r = refs.normal("leave_one_out")
+    top = float(np.max(r))
+    anomalous = float(np.median(np.asarray(refs.synthetic, float) * loo_shift(refs.k)))
+    return max(top, (top + anomalous) / 2), r
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A named threshold rule: ``compute(references, target_fpr) -> (threshold, normal references)``."""
+
+    compute: Callable[[References, float], tuple[float, np.ndarray]]
+    needs: tuple[str, ...]  # reference kinds beyond leave_one_out and good: 'views', 'synthetic'
+    uses_target_fpr: bool
+    summary: str
+
+
+RULES: dict[str, Rule] = {  # keys: RULE_NAMES
+    "max_margin": Rule(_max_margin, (), False, "max + (max - median) of the leave-one-out and --good scores"),
+    "mad": Rule(_mad, (), False, "median + 3 sigma (1.4826 MAD) of the shifted leave-one-out and --good scores"),
+    "quantile": Rule(_quantile, ("views",), True, "the (1 - target_fpr) quantile of the shifted view and --good scores"),
+    "tail": Rule(_tail, (), True, "exponential tail above the median of the shifted leave-one-out and --good scores, "
+                 "at target_fpr"),
+    "views_tail": Rule(_views_tail, ("views",), True, "exponential tail above the median of the shifted view and "
+                       "--good scores, at target_fpr"),
+    "lognormal": Rule(_lognormal, ("views",), True, "log-normal model (median, MAD) of the shifted view and --good "
+                      "scores, at target_fpr"),
+    "synthetic": Rule(_synthetic, ("synthetic",), False, "between the shifted leave-one-out / --good scores and "
+                      "synthetic anomalies: max(max R, (max R + median S) / 2)"),
+}
+
+
+def check_rule(rule: str, target_fpr: float) -> Rule:
+    """The rule named ``rule``; a clear error for an unknown name or a target FPR outside (0, 0.5)."""
+    if rule not in RULES:
+        raise ValueError(f"fsad fit: unknown --threshold {rule!r}; choose from {', '.join(RULE_NAMES)}")
+    if not 0 < target_fpr < 0.5:
+        raise ValueError(f"fsad fit: --target-fpr must be between 0 and 0.5 (e.g. 0.01), got {target_fpr}")
+    return RULES[rule]
 
 
 @dataclass(frozen=True)
@@ -76,17 +253,20 @@ class Threshold:
     pixel_normal: float
 
     @staticmethod
-    def _rule(reference: np.ndarray, margin: float) -> tuple[float, float]:
-        """(threshold, median) of normal reference scores by the module's rule."""
-        top, median = float(np.max(reference)), float(np.median(reference))
-        spread = top - median if len(reference) > 1 and top > median else 0.1 * max(abs(top), 1e-12)
-        return top + margin * spread, median
+    def level(rule: str, refs: References, target_fpr: float = DEFAULT_TARGET_FPR) -> tuple[float, float]:
+        """(threshold, normal level) of ``refs`` by ``rule``; the threshold stays above the normal level."""
+        threshold, normal_refs = check_rule(rule, target_fpr).compute(refs, target_fpr)
+        normal = float(np.median(normal_refs))
+        if threshold <= normal:
+            threshold = normal + spread(normal_refs)
+        return threshold, normal
 
     @classmethod
-    def from_reference(cls, image_scores: np.ndarray, map_maxima: np.ndarray, margin: float = MARGIN) -> Threshold:
-        """The thresholds of normal reference image scores and map maxima (one of each per image)."""
-        image, image_normal = cls._rule(image_scores, margin)
-        pixel, pixel_normal = cls._rule(map_maxima, margin)
+    def from_rule(cls, rule: str, image_refs: References, map_refs: References,
+                  target_fpr: float = DEFAULT_TARGET_FPR) -> Threshold:
+        """The thresholds of image-score and map-maximum references by ``rule``."""
+        image, image_normal = cls.level(rule, image_refs, target_fpr)
+        pixel, pixel_normal = cls.level(rule, map_refs, target_fpr)
         return cls(image, pixel, image_normal, pixel_normal)
 
     @staticmethod
@@ -101,4 +281,11 @@ class Threshold:
         return self._normalise(maps, self.pixel, self.pixel_normal)
 
 
-__all__ = ["MARGIN", "THRESHOLD_RULE", "Threshold"]
+def describe(rule: str, target_fpr: float) -> str:
+    """One line for detector.json and the CLI: the rule, its formula and (where used) the target FPR."""
+    entry = RULES[rule]
+    return f"{rule}: {entry.summary}" + (f" (target_fpr = {target_fpr:g})" if entry.uses_target_fpr else "")
+
+
+__all__ = ["DEFAULT_RULE", "DEFAULT_TARGET_FPR", "RULES", "RULE_NAMES", "THRESHOLD_RULE", "References", "Threshold",
+           "check_rule", "describe", "exponential_tail", "loo_shift", "spread"]

@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fsad.data.synthesis import AnomalySynthesizer, random_blob, textures_from_folder
+from fsad.data.synthesis import SCRATCH, AnomalySynthesizer, random_blob, textures_from_folder
 from fsad.paths import DTD_MINI_DIR
 
 
@@ -47,3 +47,26 @@ def test_dtd_mini_textures_load():
     if not DTD_MINI_DIR.is_dir():
         pytest.skip(f"dtd-mini not found at {DTD_MINI_DIR}")
     assert textures_from_folder(DTD_MINI_DIR, 32, limit=5).shape == (5, 3, 32, 32)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_scratch_is_a_thin_line_and_the_only_change(seed):
+    image = torch.full((3, 64, 64), 120, dtype=torch.uint8)
+    synthesizer = AnomalySynthesizer(None, seed=seed, kinds=("cutpaste", "noise", SCRATCH))
+    out, mask, kind = synthesizer(image, SCRATCH)
+    altered = (out != image).any(dim=0)
+    assert kind == SCRATCH and 0 < mask.sum() < 0.05 * 64 * 64  # a line, not a blob
+    assert not altered[mask == 0].any() and altered[mask == 1].all()
+    rows, cols = torch.nonzero(mask, as_tuple=True)
+    assert max(rows.max() - rows.min(), cols.max() - cols.min()) >= 0.15 * 64  # long: 20-60 % of the side
+
+
+def test_the_default_kinds_and_their_draws_are_unchanged_by_scratches():
+    image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    assert AnomalySynthesizer(None, seed=3).kinds == ("cutpaste", "noise")
+    drawn = {AnomalySynthesizer(None, seed=s, kinds=("cutpaste", "noise", SCRATCH))(image)[2] for s in range(30)}
+    assert drawn == {"cutpaste", "noise", SCRATCH}
+    with pytest.raises(ValueError, match="texture without textures"):
+        AnomalySynthesizer(None, kinds=("texture",))
+    with pytest.raises(ValueError, match="not one of"):
+        AnomalySynthesizer(None)(image, SCRATCH)
