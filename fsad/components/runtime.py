@@ -101,7 +101,8 @@ def export_graph(network: nn.Module, example: torch.Tensor) -> bytes:
     names = [f"stage{i + 1}" for i in range(n_outputs)]
     axes = {name: {0: "batch"} for name in ["images", *names]}
     buffer = io.BytesIO()
-    with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice is not the user's concern
+    # The exporter makes tensors of its own: on the CPU, whatever the caller's default device.
+    with warnings.catch_warnings(), torch.device("cpu"):  # its deprecation notice is not the user's concern
         warnings.simplefilter("ignore")
         torch.onnx.export(network, (example,), buffer, input_names=["images"], output_names=names, dynamic_axes=axes,
                           opset_version=OPSET, dynamo=False)
@@ -143,7 +144,7 @@ class OnnxFeatures:
     def graph(self, size: tuple[int, int]) -> Path:
         """The graph file for H x W ``size``: the folder's, else the cache's (exported on first use)."""
         size = tuple(size)
-        return self.graphs.get(size) or cached_graph(self.network, torch.zeros(1, 3, *size))
+        return self.graphs.get(size) or cached_graph(self.network, torch.zeros(1, 3, *size, device="cpu"))
 
     def _session_for(self, images: torch.Tensor):
         import onnxruntime

@@ -50,7 +50,7 @@ def export_detector(folder: Path, format: str = "onnx") -> dict[str, Any]:
 
     size = (detector.image_size, detector.image_size)
     network = EagerStages(backbone.eval())
-    graph = cached_graph(network, torch.zeros(1, 3, *size))
+    graph = cached_graph(network, torch.zeros(1, 3, *size, device="cpu"))
     with atomic_path(folder / GRAPH_FILE) as tmp:
         shutil.copyfile(graph, tmp)
     export = {"format": format, "file": GRAPH_FILE, "size": list(size), "key": graph_key(network, size)}

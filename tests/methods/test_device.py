@@ -25,14 +25,11 @@ import sys
 import pytest
 import torch
 
-from fsad.components.backbones import build_backbone
 from fsad.config import RegADConfig
-from fsad.io import save_atomic
 from fsad.methods.base import PREDICT_CHUNK
 from fsad.methods.regad.checkpoint import build_model
 from fsad.methods.regad.training import make_optimizers, training_step
 from fsad.methods.registry import DETECTORS, build_detector, load_detector, read_detector_file, save_detector
-from fsad.methods.resad import ResAD, ResADSettings
 from fsad.paths import ROOT
 
 SETTINGS = RegADConfig(pretrained=False, image_size=32, device="cpu")
@@ -43,16 +40,6 @@ OPTIONS = {"padim": {"n_channels": 20}, "patchcore": {"coreset_ratio": 0.5}, "re
 def misplaced_tensors_fail():
     """Inside: a tensor created without naming its device is a ``meta`` tensor (no data), not a CPU one."""
     return torch.device("meta")
-
-
-@pytest.fixture(scope="module")
-def model_files(tmp_path_factory) -> dict[str, object]:
-    """Random-weight model files for the two methods that need one (regad, resad)."""
-    folder = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    save_atomic({"config": SETTINGS.to_dict(), "model": build_model(SETTINGS).state_dict()}, folder / "regad.pt")
-    ResAD(build_backbone("mobilenet_v2", pretrained=False), 32).save(folder / "resad.pt", ResADSettings(), {})
-    return {"regad": folder / "regad.pt", "resad": folder / "resad.pt"}
 
 
 def _built(name: str, model_files, settings: RegADConfig = SETTINGS):

@@ -5,27 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fsad.components.backbones import build_backbone
 from fsad.config import RegADConfig
-from fsad.io import save_atomic
 from fsad.methods.padim import PaDiM
-from fsad.methods.regad.checkpoint import build_model
 from fsad.methods.registry import DETECTORS, build_detector, load_detector, save_detector
-from fsad.methods.resad import ResAD, ResADSettings
 
 SETTINGS = RegADConfig(pretrained=False, image_size=32, device="cpu", eps=0.05, blur_sigma=1.5)
 OPTIONS = {"padim": {"n_channels": 20}, "patchcore": {"coreset_ratio": 0.5}, "regad_l": {"epochs": 1},
            "anomalydino_dinov2": {"resolution": 28, "rotation": False}}  # a random ViT on a 2 x 2 grid: seconds, not minutes
-
-
-@pytest.fixture(scope="module")
-def model_files(tmp_path_factory) -> dict[str, object]:
-    """Random-weight model files for the two methods that need one (regad, resad)."""
-    folder = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    save_atomic({"config": SETTINGS.to_dict(), "model": build_model(SETTINGS).state_dict()}, folder / "regad.pt")
-    ResAD(build_backbone("mobilenet_v2", pretrained=False), 32).save(folder / "resad.pt", ResADSettings(), {})
-    return {"regad": folder / "regad.pt", "resad": folder / "resad.pt"}
 
 
 def _built(name: str, model_files) -> object:
