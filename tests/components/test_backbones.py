@@ -9,7 +9,7 @@ import pytest
 import torch
 import torchvision
 
-from fsad.components.backbones import BACKBONES, FeatureExtractor, MissingWeightsError, build_backbone, resolve_weights
+from fsad.components.backbones import BACKBONES, FeatureExtractor, MissingWeightsError, build_backbone, fold_batch_norms, resolve_weights
 from fsad.components.weights import cache_dir
 
 _BUILT: dict[str, FeatureExtractor] = {}
@@ -224,3 +224,23 @@ def test_module_snapshot_sees_in_place_updates_and_replaced_tensors():
     before = ModuleSnapshot(layer)
     layer.bias = torch.nn.Parameter(torch.zeros(2))
     assert ModuleSnapshot(layer) != before
+
+
+def test_regad_runs_on_a_backbone_fx_cannot_trace():
+    """EfficientNet-Lite's blocks branch on their input, so torch.fx cannot fold them: RegAD's test time
+    (RegAD.folded) must still run, with the stages unfolded (fsad run with it failed on every category)."""
+    from fsad.config import RegADConfig
+    from fsad.methods.registry import build_detector
+
+    detector = build_detector("untrained", RegADConfig(backbone="efficientnet_lite0", pretrained=False, image_size=32,
+                                                       device="cpu"))
+    generator = torch.Generator().manual_seed(0)
+    support, test = torch.rand(2, 3, 3, 32, 32, generator=generator).unbind()
+    with torch.no_grad():
+        detector.fit(support)
+        scores = detector.predict(test)
+    assert scores.maps.shape == (3, 32, 32) and torch.isfinite(scores.image).all()
+    stage = random_backbone("efficientnet_lite0").stages[1]
+    x = torch.rand(2, 24, 16, 16, generator=generator)  # stage 2's input: stage 1's 24 channels
+    with torch.no_grad():
+        torch.testing.assert_close(fold_batch_norms(stage)(x), stage.eval()(x))
