@@ -24,8 +24,6 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-import nbformat
-
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
@@ -94,6 +92,8 @@ def remove_progress_bars(path: str | Path) -> list[tuple[int | None, list[str]]]
         What stays on stderr, as the reader sees it: ``(execution count, non-blank lines)``
         of each cell that has some (a warning, a message).
     """
+    import nbformat  # here, not at the top: compiling its validator costs every fsad command ~2.5 s at start-up
+
     nb = nbformat.read(str(path), as_version=4)
     stderr = []
     for cell in nb.cells:

@@ -226,3 +226,15 @@ def test_run_accepts_a_line_scan_image_and_a_turned_photo_with_its_mask(data, ca
     mask = data / "disc" / "ground_truth" / "colour" / "000_mask.png"
     Image.fromarray(np.asarray(Image.open(mask))[:, :48]).save(mask)  # drawn on the shown image: 48 x 64
     _check_run(data, capsys)
+
+
+def test_the_command_line_starts_without_the_notebook_machinery():
+    """Building the parser (every command does) must not import nbformat or papermill: compiling nbformat's
+    validator alone cost fsad predict of one image 2.5 s of its 6 s (issue 21, start-up)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom fsad.cli import main\ntry:\n    main(['predict', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('nbformat', 'papermill', 'nbconvert') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout
