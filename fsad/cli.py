@@ -71,12 +71,15 @@ def _checked(args, config, training: bool = True) -> bool:
     if not args.check:
         return False
     from fsad.study.experiment import resolve_dataset
+    from fsad.study.pools import load_extra
     from fsad.study.preflight import preflight
 
     checked = preflight(resolve_dataset(config.dataset), config.categories, config.required_shots, config.metrics, config.regad.device,
                         training=training)
+    extra = load_extra(config.regad.train_extra) if training else []
+    pool = f"; training adds {len(extra)} categories of train_extra" if extra else ""
     print(f"{args.config}: config and data OK ({checked.root}: targets {', '.join(checked.targets)}; "
-          f"K = {', '.join(map(str, config.shots))}; {config.n_sets} support sets each); nothing was run")
+          f"K = {', '.join(map(str, config.shots))}; {config.n_sets} support sets each{pool}); nothing was run")
     return True
 
 

@@ -135,6 +135,7 @@ Metric = Annotated[str, names("metric", _metric_names)]
 Method = Annotated[str, names("method", _method_names)]
 Shots = Annotated[tuple[Positive, ...], BeforeValidator(_listed), Field(min_length=1)]
 Categories = Annotated[tuple[Name, ...], BeforeValidator(_listed), Field(min_length=1), AfterValidator(_once_each)]
+Pool = Annotated[tuple[Name, ...], BeforeValidator(_listed), AfterValidator(_once_each)]  # fsad.study.pools entries
 Metrics = Annotated[tuple[Metric, ...], BeforeValidator(_listed), Field(min_length=1), AfterValidator(_once_each)]
 Methods = Annotated[tuple[Method, ...], BeforeValidator(_listed), Field(min_length=1), AfterValidator(_once_each)]
 # The ablations always train ``no_stn``: "none" is not one of their STN-mode variants.
@@ -336,6 +337,12 @@ class RegADConfig(Settings):
         runtime: Where the frozen backbone computes test-time features (support views, test
             images; training stays in PyTorch): ``"auto"`` (ONNX Runtime where installed and on
             the CPU, else PyTorch), ``"onnxruntime"`` or ``"torch"`` (``fsad.components.runtime``).
+        train_extra: Categories of other data sets added to the training pool, each a training
+            category of its own, never the target (``fsad.study.pools``: ``elpv``, ``toy``,
+            ``fsad-mini``, ``dtd-mini``, a folder, or ``SOURCE/CATEGORY``). The model's record
+            names them and fingerprints their images, so they are not part of ``training_settings``.
+        train_own: How many of the target data set's other categories train the model, the
+            first in name order (``None``: all of them, leave one out; ``0``: only ``train_extra``).
     """
 
     backbone: Backbone = "mobilenet_v2"
@@ -362,17 +369,22 @@ class RegADConfig(Settings):
     stn_lr: PositiveFloat | None = None
     stn_identity_penalty: Annotated[float, Field(ge=0)] = 0.0
     runtime: Literal["auto", "torch", "onnxruntime"] = "auto"
+    train_extra: Pool = ()
+    train_own: Count | None = None
 
+
+# The training pool: the model's record holds its categories and their fingerprints instead.
+POOL_KEYS = ("train_extra", "train_own")
 
 # Settings read only at test time (and where to run): changing them needs no retraining.
 TEST_TIME_KEYS = ("eps", "blur_sigma", "augment_support", "device", "runtime")
 
 
 def training_settings(config: RegADConfig | dict[str, Any]) -> dict[str, Any]:
-    """The settings that determine a trained model (everything but ``TEST_TIME_KEYS``)."""
+    """The settings that determine a trained model (everything but ``TEST_TIME_KEYS`` and ``POOL_KEYS``)."""
     values = config.to_dict() if isinstance(config, RegADConfig) else dict(config)
     values["train_shots"] = list(values.get("train_shots", ()))
-    return {k: v for k, v in values.items() if k not in TEST_TIME_KEYS}
+    return {k: v for k, v in values.items() if k not in TEST_TIME_KEYS + POOL_KEYS}
 
 
 def resolve_device(name: str) -> str:
@@ -505,6 +517,12 @@ class ExperimentConfig(StudyConfig):
             AUROC (the official protocol's TEST-SET selection, ``train.py`` 94-142) and score
             them as method ``regad_test_selected``, to measure what that selection adds. Needs
             ``epoch_diagnostics``; never the model of any other result.
+        pool_selected: Also keep the weights of the epoch that scores best on the TRAINING
+            pool's spare normal images and synthetic anomalies made from them
+            (``fsad.study.models.PoolValidation``; epoch 0 included), and score them as method
+            ``regad_pool_selected``: an epoch choice that never reads the target's data.
+        validation_images: Spare normal images per pool category that ``pool_selected`` scores
+            (each also gets one synthetic anomaly).
     """
 
     dataset: Dataset = "elpv"  # the embedded real data set; the method studies default to toy
@@ -515,6 +533,8 @@ class ExperimentConfig(StudyConfig):
     diagnostic_shots: Positive = 2
     diagnostic_sets: Positive = 2
     test_selected: bool = False
+    pool_selected: bool = False
+    validation_images: Positive = 12
 
     @model_validator(mode="after")
     def _selection_reads_the_diagnostics(self) -> Self:

@@ -52,6 +52,7 @@ from fsad.study.comparison import comparison_table, result_sections, settings_se
 from fsad.study.evaluation import TestSet, evaluate_detector
 from fsad.study.experiment import resolve_dataset
 from fsad.study.models import leave_one_out_regad
+from fsad.study.pools import load_extra, training_pool
 from fsad.study.preflight import preflight
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,7 @@ def run_ablations(config: AblationConfig, out_dir: Path, models_dir: Path | None
     models_dir = Path(models_dir) if models_dir else out_dir / "models"
     # Before any training; it loads every category, which the run then uses.
     checked = preflight(resolve_dataset(config.dataset), config.categories, config.shots, config.metrics, config.regad.device)
+    extra = load_extra(config.regad.train_extra)  # read and checked before any training
     size = config.regad.image_size
     variants = ablation_variants(config)
     data = {}
@@ -146,7 +148,8 @@ def run_ablations(config: AblationConfig, out_dir: Path, models_dir: Path | None
         category = checked.categories[target]
         shots = sorted(k for k in {*config.shots, *config.k_sweep} if k <= len(category.train))
         others = [c for name, c in checked.categories.items() if name != target]
-        data[target] = category, _support_sets(category, config, shots, out_dir), others, TestSet.load(category, size)
+        pool = training_pool(category, others, extra, config.regad.train_own)
+        data[target] = category, _support_sets(category, config, shots, out_dir), pool, TestSet.load(category, size)
     models: dict[tuple, RegAD] = {}
     rows, timings = [], []
     # Variant by variant, every category each, results.csv rewritten after each: a run cut

@@ -56,6 +56,7 @@ from fsad.reporting.tables import pivot_text, summarize, to_markdown
 from fsad.study.evaluation import TestSet, clock, evaluate_detector, warm_up
 from fsad.study.experiment import resolve_dataset
 from fsad.study.models import leave_one_out_regad
+from fsad.study.pools import load_extra, training_pool
 from fsad.study.preflight import Checked, preflight
 from fsad.study.targets import for_each_target
 
@@ -83,10 +84,13 @@ class Context:
 
 
 def _regad_model(ctx: Context) -> Path:
-    """The leave-one-out RegAD model of ``fsad run``: reused from ``regad_models``, else trained (resumable) in ``models_dir``."""
+    """The RegAD model of ``fsad run`` (trained on the target's pool, ``fsad.study.pools``): reused from
+    ``regad_models``, else trained (resumable) in ``models_dir``."""
     reuse = Path(ctx.config.regad_models) / ctx.target.name / MODEL_NAME if ctx.config.regad_models else None
+    settings = ctx.config.regad
+    pool = training_pool(ctx.target, ctx.others, load_extra(settings.train_extra), settings.train_own)
     # A missing model is trained into models_dir, never into the folder of another run.
-    _, path = leave_one_out_regad(ctx.others, ctx.config.regad, ctx.models_dir / ctx.target.name, reuse, ctx.progress)
+    _, path = leave_one_out_regad(pool, settings, ctx.models_dir / ctx.target.name, reuse, ctx.progress)
     return path
 
 
@@ -258,6 +262,8 @@ def _folders(config: ComparisonConfig, out_dir: Path, models_dir: Path | None) -
     out_dir = Path(out_dir)
     checked = preflight(resolve_dataset(config.dataset), config.categories, config.shots, config.metrics, config.regad.device,
                         training=bool({"regad", "resad"} & set(config.methods)))
+    if "regad" in config.methods:
+        load_extra(config.regad.train_extra)  # its errors before any work
     support_dir = Path(config.support_dir) if config.support_dir else out_dir / "support_sets"
     return out_dir, Path(models_dir) if models_dir else out_dir / "models", checked, support_dir
 

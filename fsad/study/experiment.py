@@ -28,7 +28,8 @@ from fsad.methods.regad.checkpoint import load_model, untrained_regad
 from fsad.methods.regad.detector import RegADMethod
 from fsad.paths import DATA_DIR, FSAD_MINI_DIR
 from fsad.study.evaluation import TestSet, evaluate_detector
-from fsad.study.models import TEST_SELECTED_NAME, EpochDiagnostics, leave_one_out_regad
+from fsad.study.models import POOL_SELECTED_NAME, TEST_SELECTED_NAME, EpochDiagnostics, PoolValidation, combined, leave_one_out_regad
+from fsad.study.pools import load_extra, training_pool
 from fsad.study.preflight import preflight
 from fsad.study.targets import for_each_target
 
@@ -79,6 +80,7 @@ def run_experiment(config: ExperimentConfig, out_dir: Path, progress: bool = Tru
     # Before any training; it loads every category, which the run then uses.
     checked = preflight(resolve_dataset(config.dataset), config.categories, config.required_shots, config.metrics,
                         config.regad.device)
+    extra = load_extra(config.regad.train_extra)  # read and checked before any training, like the data set
     timings: list[dict] = []
 
     def score(target: str) -> list[dict]:
@@ -87,7 +89,8 @@ def run_experiment(config: ExperimentConfig, out_dir: Path, progress: bool = Tru
         # The per-epoch sets: the first of the draw of diagnostic_shots (the study's own when that K is one of shots).
         diagnostic_sets = support_sets_for(category, [config.diagnostic_shots], config.diagnostic_sets, config.support_seed,
                                            out_dir / "support_sets") if config.epoch_diagnostics else {}
-        train_categories = [c for name, c in checked.categories.items() if name != target]  # never empty: preflight
+        others = [c for name, c in checked.categories.items() if name != target]
+        train_categories = training_pool(category, others, extra, config.regad.train_own)
         test = TestSet.load(category, config.regad.image_size)
         # One model per held-out category (serving every K), or one per (category, K).
         runs = [(k, config.regad.replace(train_shots=(k,)), f"K{k}") for k in config.shots] if config.model_per_shot else [(None, config.regad, "")]
@@ -95,7 +98,9 @@ def run_experiment(config: ExperimentConfig, out_dir: Path, progress: bool = Tru
         for k, regad, folder in runs:
             tic = time.perf_counter()
             model_dir = out_dir / "models" / target / folder
-            monitor = EpochDiagnostics(category, diagnostic_sets, test, regad, model_dir, config.test_selected) if config.epoch_diagnostics else None
+            monitor = combined(
+                EpochDiagnostics(category, diagnostic_sets, test, regad, model_dir, config.test_selected) if config.epoch_diagnostics else None,
+                PoolValidation(train_categories, regad, model_dir, config.validation_images) if config.pool_selected else None)
             model, _ = leave_one_out_regad(train_categories, regad, model_dir, progress=progress, monitor=monitor)
             trained = time.perf_counter()
             own_sets = sets if k is None else {k: sets[k]}
@@ -103,13 +108,17 @@ def run_experiment(config: ExperimentConfig, out_dir: Path, progress: bool = Tru
             rows += run.rows
             timings.append({"category": target, "method": "regad", "shots": k, "train_seconds": trained - tic,
                             "eval_seconds": time.perf_counter() - trained, **run.seconds})
-            if config.test_selected:  # labelled: its epoch was chosen on this test set
+            # test_selected is labelled: its epoch was chosen on this test set; pool_selected read no target data.
+            for name, wanted, file in (("regad_test_selected", config.test_selected, TEST_SELECTED_NAME),
+                                       ("regad_pool_selected", config.pool_selected, POOL_SELECTED_NAME)):
+                if not wanted:
+                    continue
                 tic = time.perf_counter()
-                selected = load_model(model_dir / TEST_SELECTED_NAME, expected=regad)[0]
-                run = evaluate_detector(RegADMethod(selected, config.regad, name="regad_test_selected"), category, own_sets, test,
+                selected = load_model(model_dir / file, expected=regad)[0]
+                run = evaluate_detector(RegADMethod(selected, config.regad, name=name), category, own_sets, test,
                                         config.metrics, progress=progress)
                 rows += run.rows
-                timings.append({"category": target, "method": "regad_test_selected", "shots": k, "train_seconds": 0.0,
+                timings.append({"category": target, "method": name, "shots": k, "train_seconds": 0.0,
                                 "eval_seconds": time.perf_counter() - tic, **run.seconds})
         if config.untrained_baseline:
             tic = time.perf_counter()
