@@ -308,6 +308,9 @@ class RegADConfig(Settings):
         train_shots: K values a batch draws its number of supports from; with one value
             per evaluated K this trains one model for every K (the default).
         batches_per_epoch: Cap on batches per epoch (``None``: every training image once).
+        fill_batches: With ``batches_per_epoch``, a pool whose one pass over its images gives fewer
+            batches draws further passes until it has that many: every pool then trains on the same
+            number of queries (the breadth study, docs/breadth.md). ``False``: a cap only.
         eps: Added to the covariance diagonal.
         blur_sigma: Gaussian blur of the anomaly map, in pixels.
         augment_support: Use the 22 support views (``False`` for the ablation).
@@ -357,6 +360,7 @@ class RegADConfig(Settings):
     freeze_backbone_bn: bool = False
     train_shots: Shots = (2, 4, 8)
     batches_per_epoch: Positive | None = None
+    fill_batches: bool = False
     eps: Eps = 0.01
     blur_sigma: BlurSigma = 4.0
     augment_support: bool = True

@@ -61,9 +61,8 @@ def draw_supports(queries: np.ndarray, n_images: int, k: int, rng: np.random.Gen
     return draws + (draws >= queries[:, None])
 
 
-def epoch_batches(sizes: Sequence[int], config: RegADConfig, epoch: int) -> list[Batch]:
-    """All batches of one epoch: each category's images shuffled into single-category batches, batches shuffled."""
-    rng = epoch_rng(config.seed, epoch)
+def one_pass(sizes: Sequence[int], config: RegADConfig, rng: np.random.Generator) -> list[Batch]:
+    """Every training image once: each category's images shuffled into single-category batches, batches shuffled."""
     batches = []
     for c, n in enumerate(sizes):
         order = rng.permutation(n)
@@ -71,10 +70,19 @@ def epoch_batches(sizes: Sequence[int], config: RegADConfig, epoch: int) -> list
             queries = order[start : start + config.batch_size]
             k = int(rng.choice(config.train_shots))
             batches.append(Batch(c, queries, draw_supports(queries, n, k, rng)))
-    batches = [batches[i] for i in rng.permutation(len(batches))]
-    if config.batches_per_epoch is not None:
-        batches = batches[: config.batches_per_epoch]
-    return batches
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def epoch_batches(sizes: Sequence[int], config: RegADConfig, epoch: int) -> list[Batch]:
+    """The batches of one epoch: one pass (``one_pass``), cut to ``batches_per_epoch``; with ``fill_batches``
+    further passes are drawn until there are that many, so a small pool trains on as many queries as a large one."""
+    rng = epoch_rng(config.seed, epoch)
+    batches = one_pass(sizes, config, rng)
+    if config.batches_per_epoch is None:
+        return batches
+    while config.fill_batches and len(batches) < config.batches_per_epoch:
+        batches += one_pass(sizes, config, rng)
+    return batches[: config.batches_per_epoch]
 
 
 def official_lr_factor(epoch: int, epochs: int) -> float:

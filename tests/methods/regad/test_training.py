@@ -162,3 +162,17 @@ def test_checkpoint_without_fingerprints_resumes_with_a_warning(train_categories
         train_regad(train_categories, TINY, tmp_path, progress=False)
     assert "records no fingerprint" in caplog.text and "training from scratch" not in caplog.text
     assert [h["epoch"] for h in torch.load(tmp_path / MODEL_NAME, weights_only=True)["history"]] == [1, 2]
+
+
+def test_a_small_pool_fills_its_epoch_to_the_same_number_of_queries_when_asked():
+    config = RegADConfig(batch_size=4, train_shots=(2,), batches_per_epoch=6, seed=3)
+    capped = epoch_batches([7], config, 0)  # one pass of 7 images: 2 batches, the cap does not add any
+    filled = epoch_batches([7], config.replace(fill_batches=True), 0)
+    assert len(capped) == 2 and len(filled) == 6
+    # The first pass is the cap's, then further passes: each image once per pass.
+    assert [b.queries.tolist() for b in filled[:2]] == [b.queries.tolist() for b in capped]
+    for start in (2, 4):
+        assert sorted(q for b in filled[start : start + 2] for q in b.queries.tolist()) == list(range(7))
+    # A pool with enough batches is cut the same way with or without filling.
+    large = epoch_batches([40, 30], config, 0)
+    assert [b.queries.tolist() for b in large] == [b.queries.tolist() for b in epoch_batches([40, 30], config.replace(fill_batches=True), 0)]
