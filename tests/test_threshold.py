@@ -7,10 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from fsad.product import threshold as module
 from fsad.components import views as support_views_module
-from fsad.product.threshold import (NUM_VIEWS, RULE_NAMES, RULES, TYPICAL_VIEWS, References, Threshold, check_rule,
-                                    log_spread, loo_shift)
+from fsad.product import threshold as module
+from fsad.product.threshold import NUM_VIEWS, RULE_NAMES, RULES, TYPICAL_VIEWS, References, Threshold, check_rule, log_spread, loo_shift
 
 ATYPICAL = 1000.0  # the score of every view outside TYPICAL_VIEWS: far above any real good part
 
