@@ -25,6 +25,10 @@ where a 224 px draw took 90-160 s; docs/calibration.md)::
     OMP_NUM_THREADS=1 python benchmarks/calibration.py --out runs/calibration --image-size 128 --shots 4 8 2 1 16
     python benchmarks/calibration.py --out runs/calibration --summary   # tables + figure from the saved scores
 
+At 224 px (the product's size; issue 18 follow-up): ``--image-size 224 --shots 4 8 --out runs/calibration224
+--cache runs/calibration224/features``; on the loaded machine a K = 4 draw took 10-60 s, a K = 8 draw 200-1,140 s,
+so only K = 4 (50 pairs) and 5 bottle draws at K = 8 were done (docs/calibration.md).
+
 ``--summary`` writes ``summary.csv`` (one row per method, rule, K, G), prints the tables of
 docs/calibration.md, the measured leave-one-out shift, and the figure
 ``docs/figures/calibration_fsad_mini_elpv.png``.
@@ -38,6 +42,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
@@ -55,7 +60,7 @@ from fsad.methods.padim import PaDiM  # noqa: E402
 from fsad.paths import FSAD_MINI_DIR  # noqa: E402
 from fsad.methods.registry import build_detector  # noqa: E402
 from fsad.product.calibration import reference_scores  # noqa: E402
-from fsad.product.threshold import RULE_NAMES, RULES, SHIFT, References, Threshold  # noqa: E402
+from fsad.product.threshold import RULE_NAMES, RULES, SHIFT, References, Threshold, loo_shift, spread  # noqa: E402
 
 CATEGORIES = {"fsad-mini": ("bottle", "magnetic_tile", "metal_plate", "pcb"), "elpv": ("mono", "poly")}
 SHOTS = (1, 2, 4, 8, 16)
@@ -77,41 +82,35 @@ class CachedPaDiMViews(PaDiM):
 
     ``embed`` looks every image up by a hash of its pixels; ``fit`` builds the same Gaussian as
     ``PaDiM.fit`` (22 views per support image, unbiased covariance + eps I) from each image's
-    view mean (P x C) and centred scatter (P x C x C), kept for the last ``stats_images`` images.
+    view mean (P x C) and centred scatter (P x C x C), kept for the last images up to ``stats_bytes``
+    (a scatter is 95 MB at 128 px and 290 MB at 224 px with MobileNetV2's 152 channels).
     """
 
-    def __init__(self, *args, folder: Path, stats_images: int = 20, **kwargs):
+    def __init__(self, *args, folder: Path, stats_bytes: int = 2**30, **kwargs):
         super().__init__(*args, augment_support=True, **kwargs)
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.memory: dict[str, torch.Tensor] = {}
         self.stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.stats_images = stats_images
+        self.stats_bytes = stats_bytes
+        self.keep = 1
 
     def clear(self) -> None:
-        self.memory.clear()
         self.stats.clear()
 
-    def _cached(self, key: str, compute) -> torch.Tensor:
-        if key not in self.memory:
-            path = self.folder / f"{key}.pt"
-            if path.is_file():
-                self.memory[key] = torch.load(path, weights_only=True)
-            else:
-                self.memory[key] = compute()
-                torch.save(self.memory[key], path)
-        return self.memory[key]
-
     def embed(self, images: torch.Tensor):
+        """Features of ``images`` from the disk cache (computed in one batch for the new ones); N x d x h x w.
+
+        Kept on disk only (the page cache holds them): at 224 px a feature map is 1.9 MB, and a
+        category's 600-1000 images in memory beside the scatters got the process killed for memory.
+        """
         images = to_float(images)
-        keys = [_key(image) for image in images]
-        missing = [i for i, key in enumerate(keys) if key not in self.memory and not (self.folder / f"{key}.pt").is_file()]
+        paths = [self.folder / f"{_key(image)}.pt" for image in images]
+        missing = [i for i, path in enumerate(paths) if not path.is_file()]
         if missing:
             (computed,) = super().embed(images[missing])  # one batch for the new images
             for i, features in zip(missing, computed):
-                self.memory[keys[i]] = features.clone()
-                torch.save(self.memory[keys[i]], self.folder / f"{keys[i]}.pt")
-        return (torch.stack([self._cached(key, None) for key in keys]),)  # N x d x h x w
+                torch.save(features.clone(), paths[i])
+        return (torch.stack([torch.load(path, weights_only=True) for path in paths]),)  # N x d x h x w
 
     def _view_stats(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         key = _key(image)
@@ -121,11 +120,13 @@ class CachedPaDiMViews(PaDiM):
             mean = x.mean(dim=1)  # P x d
             centred = x - mean[:, None]
             self.stats[key] = (mean, (centred.transpose(1, 2) @ centred).float())  # P x d, P x d x d
-            while len(self.stats) > self.stats_images:
+            scatter_bytes = 4 * self.stats[key][1].numel()
+            while len(self.stats) > max(self.keep, self.stats_bytes // scatter_bytes):  # keep: a draw's K images
                 self.stats.pop(next(iter(self.stats)))
         return self.stats[key]
 
     def fit(self, support: torch.Tensor) -> None:
+        self.keep = max(self.keep, len(support))  # the leave-one-out fits of a draw reuse its K images' statistics
         stats = [self._view_stats(image) for image in to_float(support)]
         n = 22 * len(stats)
         means = torch.stack([m for m, _ in stats], dim=1)  # P x K x d
@@ -190,7 +191,7 @@ def run(out: Path, cache: Path, shots: tuple[int, ...], draws: int, categories: 
                 good = torch.stack([images[i] for i in good_ids])
                 image_refs, _ = reference_scores(detector, support, good, leave_one_out=k >= 2,
                                                  kinds=("views", "synthetic") if k >= 2 else ())
-                scores = detector.predict(test_images).image.tolist()
+                scores = [score for batch in test_images.split(64) for score in detector.predict(batch).image.tolist()]
                 row = {"data": data, "category": name, "k": k, "draw": draw, "method": "padim_views", "image_size": image_size,
                        "support": [str(train[i].name) for i in support_ids], "labels": labels, "test": scores,
                        **{kind: getattr(image_refs, kind).tolist() for kind in ("leave_one_out", "views", "good", "synthetic")},
@@ -199,6 +200,7 @@ def run(out: Path, cache: Path, shots: tuple[int, ...], draws: int, categories: 
                     f.write(json.dumps(row) + "\n")
                 print(f"{name} K={k} draw {draw}: {row['seconds']:.1f} s", flush=True)
             detector.clear()
+            detector.keep = 1
             print(f"{data}/{name} K={k}: {time.perf_counter() - tic:.0f} s", flush=True)
 
 
@@ -211,15 +213,33 @@ def oracle_f1(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(f1.max())
 
 
+BEFORE = "lognormal_22views"  # the default before the 224 px fix of issue 18: for comparison only
+
+
+def before_level(refs: References, target_fpr: float) -> float:
+    """The former default: ``lognormal`` on ALL 22 views of each support image (rescaled to the leave-one-out
+    median, x loo_shift) + good, sigma of the logs at least 5 % of |median log| (at 224 px: 0.18 for scores near 40)."""
+    views = np.asarray(refs.views, float)
+    r = views * (float(np.median(refs.leave_one_out)) / float(np.median(views))) if len(views) else refs.leave_one_out
+    r = np.concatenate([r * loo_shift(refs.k), refs.good])
+    threshold = float(np.exp(np.median(np.log(r)) + NormalDist().inv_cdf(1 - target_fpr) * spread(np.log(r))))
+    median = float(np.median(r))
+    return threshold if threshold > median else median + spread(r)  # as Threshold.level
+
+
 def evaluate(row: dict, rule: str, g: int, target_fpr: float) -> dict | None:
-    """Threshold of ``rule`` with the first ``g`` good images, scored on the test split; None where it cannot run."""
+    """Threshold of ``rule`` (or ``BEFORE``) with the first ``g`` good images, scored on the test split; None where
+    it cannot run."""
     refs = References(leave_one_out=np.array(row["leave_one_out"]), views=np.array(row["views"]),
                       good=np.array(row["good"][:g]), synthetic=np.array(row["synthetic"]), k=row["k"])
     if not len(refs.leave_one_out) and not g:
         return None
-    if "synthetic" in RULES[rule].needs and not len(refs.synthetic):
+    if rule == BEFORE:
+        threshold = before_level(refs, target_fpr)
+    elif "synthetic" in RULES[rule].needs and not len(refs.synthetic):
         return None
-    threshold, _ = Threshold.level(rule, refs, target_fpr)
+    else:
+        threshold, _ = Threshold.level(rule, refs, target_fpr)
     scores, labels = np.array(row["test"]), np.array(row["labels"])
     flagged = scores > threshold
     fpr = float(flagged[labels == 0].mean())
@@ -255,8 +275,8 @@ def summarise(out: Path) -> tuple[pd.DataFrame, int]:
         print(by_k.round(3).to_string(index=False))
     records = []
     for row in rows:
-        for rule in RULE_NAMES:
-            for target in TARGET_FPRS if RULES[rule].uses_target_fpr else (None,):
+        for rule in (*RULE_NAMES, BEFORE):
+            for target in TARGET_FPRS if rule == BEFORE or RULES[rule].uses_target_fpr else (None,):
                 for g in GOOD_COUNTS:
                     result = evaluate(row, rule, g, target or TARGET_FPRS[0])
                     if result is not None:
@@ -321,7 +341,7 @@ def figure(per_draw: pd.DataFrame, image_size: int) -> None:
     axes[1, 0].set_ylabel("recall on defective images, %")
     axes[0, -1].legend(fontsize=8, loc="upper right")
     fig.suptitle(f"fsad fit threshold rules (target rules at 0.05), padim_views {image_size} px, fsad-mini (4) + ELPV (2), "
-                 "10 draws of K: median and 10-90 % of (category, draw); green: the 0.5-10 % FPR target")
+                 "draws of K: median and 10-90 % of (category, draw); green: the 0.5-10 % FPR target")
     fig.tight_layout()
     FIGURE.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(FIGURE, dpi=100)

@@ -7,13 +7,25 @@ import math
 import numpy as np
 import pytest
 
+from fsad.components import views as support_views_module
 from fsad.product import threshold as module
-from fsad.product.threshold import RULE_NAMES, RULES, References, Threshold, check_rule, loo_shift
+from fsad.product.threshold import NUM_VIEWS, RULE_NAMES, RULES, TYPICAL_VIEWS, References, Threshold, check_rule, log_spread, loo_shift
+
+ATYPICAL = 1000.0  # the score of every view outside TYPICAL_VIEWS: far above any real good part
+
+
+def views_of(*typical: list[float]) -> np.ndarray:
+    """22 K view scores, image-major: each image's TYPICAL_VIEWS given, the other 14 views at ATYPICAL."""
+    views = np.full((len(typical), NUM_VIEWS), ATYPICAL)
+    views[:, list(TYPICAL_VIEWS)] = typical
+    return views.ravel()
+
 
 # SHIFT = 1 makes the leave-one-out factor 1 - 1/K: 0.75 at K = 4, 0.5 at K = 2.
 LOO = References(leave_one_out=np.array([4.0, 8.0, 12.0, 40.0]), good=np.array([5.0, 7.0]),
                  synthetic=np.array([40.0, 80.0, 120.0]), k=4)
-VIEWS = References(leave_one_out=np.array([4.0, 6.0]), views=np.array([2.0, 4.0, 6.0, 8.0]), k=2)  # same medians
+# Typical views 2, 4, 6, 8 (4 times each; view 0 is the image's leave-one-out score): the same median as the images.
+VIEWS = References(leave_one_out=np.array([4.0, 6.0]), views=views_of([4, 2, 6, 8, 2, 4, 6, 8], [6, 2, 4, 8, 2, 4, 6, 8]), k=2)
 
 
 @pytest.fixture
@@ -41,10 +53,11 @@ def test_max_margin_is_todays_rule_on_unshifted_scores(shift_one):
 def test_leave_one_out_shift(shift_one):
     assert (loo_shift(4), loo_shift(2), loo_shift(1)) == (0.75, 0.5, 1.0)
     assert LOO.normal("leave_one_out").tolist() == [3.0, 6.0, 9.0, 30.0, 5.0, 7.0]  # good scores are not shifted
-    assert VIEWS.normal("views").tolist() == [1.0, 2.0, 3.0, 4.0]
-    # Views are rescaled to the leave-one-out median (10 / 5) before the shift.
-    rescaled = References(leave_one_out=np.array([10.0]), views=np.array([2.0, 5.0, 8.0]), good=np.array([7.0]), k=2)
-    assert rescaled.normal("views").tolist() == [2.0, 5.0, 8.0, 7.0]
+    assert sorted(VIEWS.normal("views").tolist()) == sorted([1.0, 2.0, 3.0, 4.0] * 4)  # the 14 atypical views left out
+    # Typical views are rescaled to the leave-one-out median (10 / 5) before the shift.
+    rescaled = References(leave_one_out=np.array([10.0, 10.0]), views=views_of([5.0] * 8, [2, 5, 8, 5, 5, 5, 5, 5]),
+                          good=np.array([7.0]), k=2)
+    assert rescaled.normal("views").tolist() == [5.0] * 8 + [2.0, 5.0, 8.0] + [5.0] * 5 + [7.0]
     assert LOO.normal("views").tolist() == LOO.normal("leave_one_out").tolist()  # no views: leave-one-out
 
 
@@ -71,6 +84,32 @@ def test_lognormal(shift_one):
     sigma = 1.4826 * (abs(logs[1] - median) + abs(logs[3] - median)) / 2  # deviations 0.20, 0.20, 0.49, 0.90
     expected = math.exp(median + 1.2815515655446004 * sigma)  # z(0.9)
     assert level("lognormal", VIEWS, target_fpr=0.1) == (pytest.approx(expected), 2.5)
+
+
+def test_typical_views_are_the_small_pose_changes_of_support_views():
+    # The indices follow fsad.components.views' order: image, 8 rotations, 8 shifts, flip, grey, 3 turns.
+    assert NUM_VIEWS == support_views_module.NUM_VIEWS
+    rotations = [support_views_module.ROTATIONS[i - 1] for i in TYPICAL_VIEWS if 1 <= i <= 8]
+    shifts = [support_views_module.TRANSLATIONS[i - 9] for i in TYPICAL_VIEWS if 9 <= i <= 16]
+    assert rotations == [-11.25, 11.25] and sorted(shifts) == sorted((x, y) for x in (-0.1, 0.1) for y in (-0.1, 0.1))
+    assert TYPICAL_VIEWS[0] == 0 and TYPICAL_VIEWS[-1] == 17  # the image and the horizontal flip
+
+
+def test_atypical_views_do_not_set_the_spread():
+    # metal_plate at 224 px (docs/calibration.md): views rotated by 22.5-45 degrees scored up to 2x the images and
+    # put the threshold above every good test part. Here they score 1000; the view rules see only the typical ones.
+    low = References(leave_one_out=VIEWS.leave_one_out, views=np.where(VIEWS.views == ATYPICAL, 1.0, VIEWS.views), k=2)
+    for rule in ("lognormal", "quantile", "views_tail"):
+        threshold, normal = level(rule, VIEWS, target_fpr=0.05)
+        assert (threshold, normal) == level(rule, low, target_fpr=0.05), rule  # the same whatever the 14 others score
+        assert normal == pytest.approx(5.0 * loo_shift(2)) and threshold < 10.0, rule  # typical views: 2-8
+    with pytest.raises(ValueError, match="References.views holds 4 scores for K = 2; expected 22 K"):
+        level("lognormal", References(leave_one_out=np.array([4.0, 6.0]), views=np.ones(4), k=2))
+
+
+def test_lognormal_spread_of_logs_is_at_least_five_percent():
+    assert log_spread(np.array([40.0, 40.0, 40.0])) == 0.05  # not 5 % of log(40) = 0.18, as before
+    assert log_spread(np.exp(np.array([0.0, 1.0, 2.0]))) == pytest.approx(1.4826)
 
 
 def test_synthetic_lies_between_normal_and_anomalous(shift_one):
