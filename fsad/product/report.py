@@ -4,7 +4,7 @@ The page holds the histogram of the image scores with the threshold (an inline S
 images sorted by score (most anomalous first), each with its heat-map overlay embedded as a
 small JPEG (a ``data:`` URI) and its label, the unreadable images with their messages, and
 what made the detector (``detector.json``: method, K, the threshold rule and values, the
-settings). Nothing is loaded from elsewhere (no script, font or image file), so the page
+settings, and for ``fsad fit --method auto`` the ranking of the candidates). Nothing is loaded from elsewhere (no script, font or image file), so the page
 works without a network and still shows everything when moved away from its folder; only
 the links to the full-size heat-maps need ``heatmaps/`` beside it.
 """
@@ -135,6 +135,22 @@ def _image_rows(rows: Sequence[dict[str, Any]], thumbnails: dict[str, str], out:
     return lines
 
 
+def _selection(selection: dict[str, Any] | None) -> list[str]:
+    """The ranking of ``fsad fit --method auto`` (``fsad.product.selection``) as a table; nothing for a named method."""
+    if not selection:
+        return []
+    lines = ["<h2>Method chosen by --method auto</h2>", f"<p>{html.escape(selection['criterion'])}.</p>",
+             '<table id="selection"><tr><th>rank</th><th>method</th><th>separation</th><th>gap</th><th>seconds</th></tr>']
+    for place, row in enumerate(selection["ranking"], start=1):
+        chosen = " (chosen)" if row["method"] == selection["chosen"] else ""
+        lines.append(f'<tr><td class="number">{place}</td><td>{html.escape(row["method"])}{chosen}</td>'
+                     f'<td class="number">{100 * row["auroc"]:.1f}</td><td class="number">{100 * row["gap"]:.1f} %</td>'
+                     f'<td class="number">{row["seconds"]:.1f}</td></tr>')
+    lines += [f'<tr><td></td><td>{html.escape(row["method"])}</td><td colspan="3">skipped: {html.escape(row["why"])}</td></tr>'
+              for row in selection["skipped"]]
+    return [*lines, "</table>"]
+
+
 def write_report(out: Path, rows: Sequence[dict[str, Any]], record: dict[str, Any], detector_dir: Path,
                  thumbnails: dict[str, str], seconds: float) -> Path:
     """Write ``out/report.html`` for the rows of ``predictions.csv``.
@@ -186,7 +202,8 @@ def write_report(out: Path, rows: Sequence[dict[str, Any]], record: dict[str, An
              f"<dt>K</dt><dd>{record['support']['count']} support images</dd>",
              f"<dt>threshold rule</dt><dd>{html.escape(str(threshold.get('rule', '')))}</dd>",
              f"<dt>normal reference scores</dt><dd>{', '.join(f'{s:.4g}' for s in references) or 'none'}</dd>",
-             "</dl>", f"<h2>Settings</h2><pre>{html.escape(settings)}</pre>", "</body></html>"]
+             "</dl>", *_selection(record.get("selection")), f"<h2>Settings</h2><pre>{html.escape(settings)}</pre>",
+             "</body></html>"]
     path = Path(out) / REPORT_FILE
     write_text_atomic(path, "\n".join(body) + "\n")
     return path
