@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -85,3 +86,11 @@ def test_auto_bad_inputs_are_one_line_errors_before_any_fit(product, candidates,
     line = fails(capsys, "fit", product["good"], "--method", "auto", "--config", config, "--out", tmp / "d")
     assert "no candidate that runs here (anomalydino_dinov2: weight file" in line
     assert not (tmp / "d").exists()
+
+
+def test_ranking_breaks_separation_ties_by_the_margin_then_the_candidate_order():
+    rows = [{"method": "a", "auroc": 1.0, "margin": 1.2}, {"method": "b", "auroc": 1.0, "margin": 3.0},
+            {"method": "c", "auroc": 0.9, "margin": 9.0}, {"method": "d", "auroc": 1.0, "margin": 1.2}]
+    assert [row["method"] for row in selection.rank(rows)] == ["b", "a", "d", "c"]
+    normal, synthetic = np.array([1.0, 2.0]), np.array([3.0, 5.0, 1.5])
+    assert selection.separation(normal, synthetic) == (pytest.approx(5 / 6), pytest.approx(0.75))

@@ -140,11 +140,11 @@ def _selection(selection: dict[str, Any] | None) -> list[str]:
     if not selection:
         return []
     lines = ["<h2>Method chosen by --method auto</h2>", f"<p>{html.escape(selection['criterion'])}.</p>",
-             '<table id="selection"><tr><th>rank</th><th>method</th><th>separation</th><th>gap</th><th>seconds</th></tr>']
+             '<table id="selection"><tr><th>rank</th><th>method</th><th>separation</th><th>margin</th><th>seconds</th></tr>']
     for place, row in enumerate(selection["ranking"], start=1):
         chosen = " (chosen)" if row["method"] == selection["chosen"] else ""
         lines.append(f'<tr><td class="number">{place}</td><td>{html.escape(row["method"])}{chosen}</td>'
-                     f'<td class="number">{100 * row["auroc"]:.1f}</td><td class="number">{100 * row["gap"]:.1f} %</td>'
+                     f'<td class="number">{100 * row["auroc"]:.1f}</td><td class="number">{row["margin"]:.2f}</td>'
                      f'<td class="number">{row["seconds"]:.1f}</td></tr>')
     lines += [f'<tr><td></td><td>{html.escape(row["method"])}</td><td colspan="3">skipped: {html.escape(row["why"])}</td></tr>'
               for row in selection["skipped"]]
