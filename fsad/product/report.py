@@ -182,6 +182,7 @@ def write_report(out: Path, rows: Sequence[dict[str, Any]], record: dict[str, An
         f"K = {record['support']['count']} support images"
         + (f" + {record['good']['count']} good images for the threshold" if (record.get("good") or {}).get("count") else "")
         + f"; {seconds:.1f} s ({speed}).</p>",
+        *_selection(record.get("selection")),
         "<h2>Image scores</h2>",
         histogram_svg(np.array([r["score"] for r in scored], float), float(threshold["image"]), references) if scored else "",
         f'<p>Image threshold <b>{threshold["image"]:.4g}</b> (normalised score 0.5); pixel threshold '
@@ -202,8 +203,7 @@ def write_report(out: Path, rows: Sequence[dict[str, Any]], record: dict[str, An
              f"<dt>K</dt><dd>{record['support']['count']} support images</dd>",
              f"<dt>threshold rule</dt><dd>{html.escape(str(threshold.get('rule', '')))}</dd>",
              f"<dt>normal reference scores</dt><dd>{', '.join(f'{s:.4g}' for s in references) or 'none'}</dd>",
-             "</dl>", *_selection(record.get("selection")), f"<h2>Settings</h2><pre>{html.escape(settings)}</pre>",
-             "</body></html>"]
+             "</dl>", f"<h2>Settings</h2><pre>{html.escape(settings)}</pre>", "</body></html>"]
     path = Path(out) / REPORT_FILE
     write_text_atomic(path, "\n".join(body) + "\n")
     return path
