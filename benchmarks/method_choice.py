@@ -172,7 +172,7 @@ def _criteria(group: pd.DataFrame) -> dict[str, str]:
 def summary(out: Path, draws: int) -> None:
     """Print the tables of docs/method_choice.md from ``scores.jsonl`` (its first ``draws`` draws); write ``summary.csv``."""
     frame = pd.DataFrame(map(json.loads, (out / "scores.jsonl").read_text().splitlines()))
-    frame = frame[frame["draw"] < draws]
+    frame = frame[(frame["draw"] < draws) & frame["method"].isin(CANDIDATES)]
     frame["test_auroc"] *= 100
     methods = [m for m in CANDIDATES if m in set(frame["method"])]
     picks, ensembles = [], []
