@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", help="good images: files or folders (searched recursively)")
     p.add_argument("--method", help="auto, regad, untrained, spade, padim, padim_views (default), patchcore, resad, regad_l, "
-                   "fastrecon, anomalydino, anomalydino_dinov2 (fsad.methods.registry.DETECTORS); auto: see below")
+                   "fastrecon, anomalydino, anomalydino_dinov2 (fsad.methods.registry.DETECTORS); auto: see above")
     p.add_argument("--model", help="trained model file (regad: regad.pt of fsad train; resad: its saved head)")
     p.add_argument("--config", help="YAML: a regad: section (backbone, image_size, eps, blur_sigma, device, ...) "
                    "and an options: section of method options, or RegAD settings alone")
