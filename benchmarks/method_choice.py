@@ -41,14 +41,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fsad.components.backbones import FeatureExtractor  # noqa: E402
-from fsad.config import RegADConfig  # noqa: E402
-from fsad.data.mvtec import load_category, read_image  # noqa: E402
-from fsad.methods.registry import build_detector  # noqa: E402
-from fsad.paths import FSAD_MINI_DIR  # noqa: E402
-from fsad.product.selection import CANDIDATES, _weights_here, held_out_scores, rank, separation  # noqa: E402
-from fsad.study.experiment import resolve_dataset  # noqa: E402
-from fsad.study.metrics import image_auroc  # noqa: E402
+from fsad.components.backbones import FeatureExtractor
+from fsad.config import RegADConfig
+from fsad.data.mvtec import load_category, read_image
+from fsad.methods.registry import build_detector
+from fsad.paths import FSAD_MINI_DIR
+from fsad.product.selection import CANDIDATES, _weights_here, held_out_scores, rank, separation
+from fsad.study.experiment import resolve_dataset
+from fsad.study.metrics import image_auroc
 
 CATEGORIES = {"fsad-mini": ("bottle", "magnetic_tile", "metal_plate", "pcb"), "elpv": ("mono", "poly")}
 SHOTS = (2, 4, 8)
@@ -63,7 +63,7 @@ class FeatureCache:
         self.features: dict[tuple, list[torch.Tensor]] = {}
         self.original = FeatureExtractor.forward
 
-    def __enter__(self) -> FeatureCache:
+    def __enter__(self) -> None:
         cache, original = self, self.original
 
         def forward(extractor: FeatureExtractor, images: torch.Tensor) -> list[torch.Tensor]:
@@ -77,7 +77,6 @@ class FeatureCache:
             return [torch.stack([cache.features[key][s] for key in keys]) for s in range(len(cache.features[keys[0]]))]
 
         FeatureExtractor.forward = forward
-        return self
 
     def __exit__(self, *_: object) -> None:
         FeatureExtractor.forward = self.original

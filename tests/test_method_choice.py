@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_product import fails, fsad, product  # noqa: F401 (product: the fixture)
 
 from fsad.components.weights import MissingWeightsError
 from fsad.methods.base import Scores
 from fsad.methods.registry import DETECTORS, Entry, load_detector
 from fsad.product import selection
-from test_product import fails, fsad, product  # noqa: F401 (product: the fixture)
 
 
 def _blind(regad, options, model_path):
@@ -37,7 +37,7 @@ def candidates(monkeypatch):
     monkeypatch.setattr(selection, "locate_weights", _no_dinov2)
 
 
-def test_auto_ranks_records_and_fits_a_method_that_separates(product, candidates, capsys):
+def test_auto_ranks_records_and_fits_a_method_that_separates(product, candidates, capsys):  # noqa: F811
     tmp = product["tmp"]
     fsad("fit", product["good"], "--method", "auto", "--config", product["config"], "--out", tmp / "detector")
     printed = capsys.readouterr().out
@@ -69,9 +69,9 @@ def test_auto_ranks_records_and_fits_a_method_that_separates(product, candidates
     assert json.loads((tmp / "detector" / "detector.json").read_text())["selection"]["chosen"] == chosen
 
 
-def test_auto_bad_inputs_are_one_line_errors_before_any_fit(product, candidates, capsys, monkeypatch):
+def test_auto_bad_inputs_are_one_line_errors_before_any_fit(product, candidates, capsys, monkeypatch):  # noqa: F811
     tmp, config = product["tmp"], product["config"]
-    one = sorted(product["good"].rglob("*.png"))[0]
+    one = min(product["good"].rglob("*.png"))
     line = fails(capsys, "fit", one, "--method", "auto", "--config", config, "--out", tmp / "d")
     assert "needs K >= 2" in line and "--method padim_views" in line and "--good" in line
     options = tmp / "options.yaml"

@@ -24,8 +24,8 @@ from fsad.data.fingerprint import fingerprint
 from fsad.data.mvtec import read_image
 from fsad.methods.base import Detector
 from fsad.methods.registry import DETECTORS, RECORD_FILE, build_detector, is_detector_folder, save_detector
-from fsad.product.images import find_images
 from fsad.product.calibration import reference_scores
+from fsad.product.images import find_images
 from fsad.product.selection import AUTO, check_auto, choose_method, ranking_lines
 from fsad.product.threshold import DEFAULT_RULE, DEFAULT_TARGET_FPR, Threshold, check_rule, describe
 

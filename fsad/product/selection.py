@@ -185,8 +185,8 @@ def choose_method(support: torch.Tensor, regad: RegADConfig, candidates: Sequenc
 
 def ranking_lines(selection: dict[str, Any]) -> list[str]:
     """The ranking as printed by ``fsad fit`` (one line per candidate, best first)."""
-    lines = [f"auto: {len(selection['ranking'])} candidates ranked by held-out separation "
-             f"(AUROC of good vs synthetic anomalies, leave one out) in {selection['seconds']:.1f} s:"]
+    lines = [(f"auto: {len(selection['ranking'])} candidates ranked by held-out separation "
+              f"(AUROC of good vs synthetic anomalies, leave one out) in {selection['seconds']:.1f} s:")]
     for place, row in enumerate(selection["ranking"], start=1):
         lines.append(f"  {place}. {row['method']:<20} separation {100 * row['auroc']:5.1f}  margin {row['margin']:5.2f}  "
                      f"{row['seconds']:6.1f} s" + ("  <- chosen" if row["method"] == selection["chosen"] else ""))
