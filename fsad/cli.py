@@ -265,14 +265,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tables-only", action="store_true", help="do not run: write the tables of --out")
     p.set_defaults(func=cmd_ablate)
 
+    from fsad.product.selection import AUTO_HELP
     from fsad.product.threshold import DEFAULT_RULE, DEFAULT_TARGET_FPR, RULE_NAMES, THRESHOLD_RULE
 
     p = sub.add_parser("fit", help="fit a detector on K good images of a new product, with a threshold",
-                       description=f"Fit a detector on K good images (K = the images found) and save it.\n\n{THRESHOLD_RULE}",
+                       description=f"Fit a detector on K good images (K = the images found) and save it.\n\n{THRESHOLD_RULE}"
+                                   f"\n\n{AUTO_HELP}",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", help="good images: files or folders (searched recursively)")
-    p.add_argument("--method", help="regad, untrained, spade, padim, padim_views (default), patchcore, resad, regad_l, "
-                   "fastrecon, anomalydino, anomalydino_dinov2 (fsad.methods.registry.DETECTORS)")
+    p.add_argument("--method", help="auto, regad, untrained, spade, padim, padim_views (default), patchcore, resad, regad_l, "
+                   "fastrecon, anomalydino, anomalydino_dinov2 (fsad.methods.registry.DETECTORS); auto: see above")
     p.add_argument("--model", help="trained model file (regad: regad.pt of fsad train; resad: its saved head)")
     p.add_argument("--config", help="YAML: a regad: section (backbone, image_size, eps, blur_sigma, device, ...) "
                    "and an options: section of method options, or RegAD settings alone")

@@ -3,6 +3,8 @@
 The threshold comes from normal images only, by a named rule of ``fsad.product.threshold``
 (``--threshold``) on reference scores of ``fsad.product.calibration`` (leave-one-out scores of
 the support images, their views and synthetic anomalies, plus the optional ``--good`` images).
+``--method auto`` first ranks the training-free methods on the support images
+(``fsad.product.selection``) and fits the best.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ import torch
 from fsad.config import RegADConfig, read_yaml
 from fsad.data.fingerprint import fingerprint
 from fsad.data.mvtec import read_image
+from fsad.methods.base import Detector
 from fsad.methods.registry import DETECTORS, RECORD_FILE, build_detector, is_detector_folder, save_detector
-from fsad.product.images import find_images
 from fsad.product.calibration import reference_scores
+from fsad.product.images import find_images
+from fsad.product.selection import AUTO, check_auto, choose_method, ranking_lines
 from fsad.product.threshold import DEFAULT_RULE, DEFAULT_TARGET_FPR, Threshold, check_rule, describe
 
 DEFAULT_METHOD = "padim_views"
@@ -62,7 +66,8 @@ def _recipe(record: dict[str, Any]) -> dict[str, Any]:
     """What makes a detector folder what it is: method, settings (but the device), and the files it was fitted from."""
     settings = dict(record.get("settings") or {})
     settings["regad"] = {k: v for k, v in (settings.get("regad") or {}).items() if k != "device"}  # where it ran, not what it is
-    return {"method": record.get("method"), "settings": settings,
+    method = AUTO if record.get("selection") else record.get("method")  # an auto folder is refitted by auto alike
+    return {"method": method, "settings": settings,
             **{k: (record.get(k) or {}).get("fingerprint") for k in ("support", "good", "model")}}
 
 
@@ -87,6 +92,27 @@ def _check_out(out: Path, recipe: dict[str, Any], force: bool) -> None:
                          "pass --force to replace it, or choose another --out")
 
 
+def _check_method(method: str, regad: RegADConfig, options: dict[str, Any], model_path: Path | None, k: int,
+                  extra: bool, needs: Sequence[str], threshold: str) -> tuple[Detector, bool]:
+    """Refuse what ``method`` cannot fit with K images and the rule; return it built, and whether it is fitted leave one out."""
+    if method not in DETECTORS:
+        raise ValueError(f"fsad fit: unknown --method {method!r}; choose {AUTO} or one of {', '.join(DETECTORS)}")
+    if model_path is not None and method in DETECTORS and DETECTORS[method].model_file is None:
+        raise ValueError(f"fsad fit: {method} uses no trained model file; drop --model {model_path}")
+    detector = build_detector(method, regad, options, model_path)
+    if k < detector.min_support:
+        raise ValueError(f"fsad fit: {method} needs K >= {detector.min_support} support images, got {k}"
+                         + ("; use padim_views (22 views per image) for K = 1" if method == "padim" else ""))
+    leave_one_out = k - 1 >= detector.min_support
+    if not leave_one_out and not extra:
+        raise ValueError(f"fsad fit: with K = {k} {method} has no leave-one-out score to set the threshold "
+                         f"(it needs K >= {detector.min_support + 1}); add good images with --good DIR")
+    if not leave_one_out and "synthetic" in needs:
+        raise ValueError(f"fsad fit: --threshold {threshold} scores synthetic anomalies leave one out, which {method} "
+                         f"cannot do with K = {k} (it needs K >= {detector.min_support + 1}); choose another --threshold")
+    return detector, leave_one_out
+
+
 def fit_product(images: Sequence[str | Path], method: str, regad: RegADConfig, options: dict[str, Any] | None = None,
                 model_path: Path | None = None, good: Sequence[str | Path] = (), out: Path = Path("detector"),
                 force: bool = False, progress: bool = True, threshold: str = DEFAULT_RULE,
@@ -95,7 +121,9 @@ def fit_product(images: Sequence[str | Path], method: str, regad: RegADConfig, o
 
     Args:
         images: Support image files or folders (K = the number of images found).
-        method, regad, options, model_path: As ``fsad.methods.registry.build_detector``.
+        method, regad, options, model_path: As ``fsad.methods.registry.build_detector``; method ``auto``
+            fits the candidate of ``fsad.product.selection`` that best separates held-out good
+            images from synthetic anomalies, and records the ranking (``selection``).
         good: Extra good images (files or folders) for the threshold only.
         out: The detector folder to write (replaced as a whole).
         force: Replace a detector of other images or settings in ``out``.
@@ -112,19 +140,11 @@ def fit_product(images: Sequence[str | Path], method: str, regad: RegADConfig, o
     support = find_images(images)
     extra = find_images(good) if good else []
     k = len(support)
-    if model_path is not None and method in DETECTORS and DETECTORS[method].model_file is None:
-        raise ValueError(f"fsad fit: {method} uses no trained model file; drop --model {model_path}")
-    detector = build_detector(method, regad, options, model_path)
-    if k < detector.min_support:
-        raise ValueError(f"fsad fit: {method} needs K >= {detector.min_support} support images, got {k}"
-                         + ("; use padim_views (22 views per image) for K = 1" if method == "padim" else ""))
-    leave_one_out = k - 1 >= detector.min_support
-    if not leave_one_out and not extra:
-        raise ValueError(f"fsad fit: with K = {k} {method} has no leave-one-out score to set the threshold "
-                         f"(it needs K >= {detector.min_support + 1}); add good images with --good DIR")
-    if not leave_one_out and "synthetic" in rule.needs:
-        raise ValueError(f"fsad fit: --threshold {threshold} scores synthetic anomalies leave one out, which {method} "
-                         f"cannot do with K = {k} (it needs K >= {detector.min_support + 1}); choose another --threshold")
+    auto = method == AUTO
+    if auto:
+        check_auto(k, options, model_path)
+    else:
+        detector, leave_one_out = _check_method(method, regad, options, model_path, k, bool(extra), rule.needs, threshold)
     record: dict[str, Any] = {
         "support": {"count": k, "images": [str(p) for p, _ in support], "fingerprint": _fingerprint([p for p, _ in support])},
         "good": {"count": len(extra), "images": [str(p) for p, _ in extra],
@@ -135,6 +155,10 @@ def fit_product(images: Sequence[str | Path], method: str, regad: RegADConfig, o
 
     size = regad.image_size
     support_images = _read([p for p, _ in support], size)  # K x 3 x S x S
+    if auto:  # the ranking's fits are its own; the chosen method is then fitted as --method would fit it
+        record["selection"] = choose_method(support_images, regad, progress=progress)
+        method = record["selection"]["chosen"]
+        detector, leave_one_out = _check_method(method, regad, options, model_path, k, bool(extra), rule.needs, threshold)
     extra_images = _read([p for p, _ in extra], size) if extra else None  # G x 3 x S x S
     image_refs, map_refs = reference_scores(detector, support_images, extra_images, leave_one_out, rule.needs, progress)
     levels = Threshold.from_rule(threshold, image_refs, map_refs, target_fpr)
@@ -157,6 +181,9 @@ def fit_command(images: Sequence[str], method: str | None, model: str | None, co
     record = fit_product(images, method, regad, options, Path(model) if model else None, good or (), Path(out), force,
                          threshold=threshold, target_fpr=target_fpr)
     threshold = record["threshold"]
+    if "selection" in record:
+        print("\n".join(ranking_lines(record["selection"])))
+        method = record["selection"]["chosen"]
     print(f"{method} fitted on K = {record['support']['count']} images ({regad.image_size} px, "
           f"{len(threshold['leave_one_out_scores'])} leave-one-out, {len(threshold['views_scores'])} view, "
           f"{len(threshold['synthetic_scores'])} synthetic + {len(threshold['good_scores'])} good reference scores): "

@@ -110,7 +110,7 @@ def predict_product(detector_dir: Path, images: Sequence[str | Path], out: Path,
 
     Returns:
         ``{"csv", "heatmaps", "masks", "report", "images", "anomalous", "errors": [(path, message)], "method",
-        "seconds"}``; ``seconds``: reading, scoring and writing the images.
+        "selection" (the ranking of ``fsad fit --method auto``, or None), "seconds"}``; ``seconds``: reading, scoring and writing the images.
     """
     detector, record = load_detector(Path(detector_dir), device=device)
     use_exported_features(detector, Path(detector_dir))  # fsad export's graph, where the folder has one
@@ -158,7 +158,7 @@ def predict_product(detector_dir: Path, images: Sequence[str | Path], out: Path,
     report = write_report(out, rows, record, Path(detector_dir), thumbnails, seconds)
     return {"csv": out / PREDICTIONS_FILE, "heatmaps": out / "heatmaps", "masks": out / "masks" if masks else None,
             "report": report, "images": len(found), "anomalous": sum(r["label"] == "anomalous" for r in rows),
-            "errors": errors, "method": record["method"], "seconds": seconds}
+            "errors": errors, "method": record["method"], "selection": record.get("selection"), "seconds": seconds}
 
 
 def predict_command(detector: str, images: Sequence[str], out: str, masks: bool, device: str | None = None) -> None:
@@ -169,6 +169,10 @@ def predict_command(detector: str, images: Sequence[str], out: str, masks: bool,
     speed = scored / summary["seconds"] if summary["seconds"] > 0 else float("nan")
     print(f"{summary['method']}: {scored} images scored, {summary['anomalous']} anomalous; {time.perf_counter() - tic:.1f} s "
           f"({speed:.1f} images/s read, scored and written)")
+    if summary["selection"]:
+        best = summary["selection"]["ranking"][0]
+        print(f"{summary['method']} was chosen by fsad fit --method auto: held-out separation {100 * best['auroc']:.1f} "
+              f"(best of {len(summary['selection']['ranking'])} candidates; the ranking is in the report)")
     print(f"predictions: {summary['csv']}")
     print(f"heat-maps: {summary['heatmaps']}" + (f"\nmasks: {summary['masks']}" if summary["masks"] else ""))
     print(f"report: {summary['report']}")

@@ -4,7 +4,7 @@ The page holds the histogram of the image scores with the threshold (an inline S
 images sorted by score (most anomalous first), each with its heat-map overlay embedded as a
 small JPEG (a ``data:`` URI) and its label, the unreadable images with their messages, and
 what made the detector (``detector.json``: method, K, the threshold rule and values, the
-settings). Nothing is loaded from elsewhere (no script, font or image file), so the page
+settings, and for ``fsad fit --method auto`` the ranking of the candidates). Nothing is loaded from elsewhere (no script, font or image file), so the page
 works without a network and still shows everything when moved away from its folder; only
 the links to the full-size heat-maps need ``heatmaps/`` beside it.
 """
@@ -135,6 +135,22 @@ def _image_rows(rows: Sequence[dict[str, Any]], thumbnails: dict[str, str], out:
     return lines
 
 
+def _selection(selection: dict[str, Any] | None) -> list[str]:
+    """The ranking of ``fsad fit --method auto`` (``fsad.product.selection``) as a table; nothing for a named method."""
+    if not selection:
+        return []
+    lines = ["<h2>Method chosen by --method auto</h2>", f"<p>{html.escape(selection['criterion'])}.</p>",
+             '<table id="selection"><tr><th>rank</th><th>method</th><th>separation</th><th>margin</th><th>seconds</th></tr>']
+    for place, row in enumerate(selection["ranking"], start=1):
+        chosen = " (chosen)" if row["method"] == selection["chosen"] else ""
+        lines.append(f'<tr><td class="number">{place}</td><td>{html.escape(row["method"])}{chosen}</td>'
+                     f'<td class="number">{100 * row["auroc"]:.1f}</td><td class="number">{row["margin"]:.2f}</td>'
+                     f'<td class="number">{row["seconds"]:.1f}</td></tr>')
+    lines += [f'<tr><td></td><td>{html.escape(row["method"])}</td><td colspan="3">skipped: {html.escape(row["why"])}</td></tr>'
+              for row in selection["skipped"]]
+    return [*lines, "</table>"]
+
+
 def write_report(out: Path, rows: Sequence[dict[str, Any]], record: dict[str, Any], detector_dir: Path,
                  thumbnails: dict[str, str], seconds: float) -> Path:
     """Write ``out/report.html`` for the rows of ``predictions.csv``.
@@ -166,6 +182,7 @@ def write_report(out: Path, rows: Sequence[dict[str, Any]], record: dict[str, An
         f"K = {record['support']['count']} support images"
         + (f" + {record['good']['count']} good images for the threshold" if (record.get("good") or {}).get("count") else "")
         + f"; {seconds:.1f} s ({speed}).</p>",
+        *_selection(record.get("selection")),
         "<h2>Image scores</h2>",
         histogram_svg(np.array([r["score"] for r in scored], float), float(threshold["image"]), references) if scored else "",
         f'<p>Image threshold <b>{threshold["image"]:.4g}</b> (normalised score 0.5); pixel threshold '
