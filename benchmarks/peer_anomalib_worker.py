@@ -85,9 +85,18 @@ def openvino_predictor(module, size: int, threads: int, work: Path, precision: s
     hint = inferencer.model.get_property("INFERENCE_PRECISION_HINT")  # an openvino Type
     hint = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
 
+    # The dynamo export keeps the batch dynamic for PaDiM but fixes PatchCore's to that of its probe (2):
+    # a static batch is filled up with copies of the last image, whose scores are dropped.
+    batch_dim = inferencer.model.input(0).get_partial_shape()[0]
+    batch = batch_dim.get_length() if batch_dim.is_static else BATCH
+
     def predict(images: torch.Tensor) -> np.ndarray:
-        return np.concatenate([np.ravel(inferencer.predict(batch.numpy()).pred_score) for batch in images.split(BATCH)])
-    return predict, hint
+        scores = []
+        for chunk in images.split(batch):
+            filled = torch.cat([chunk, chunk[-1:].expand(batch - len(chunk), -1, -1, -1)])
+            scores.append(np.ravel(inferencer.predict(filled.numpy()).pred_score)[: len(chunk)])
+        return np.concatenate(scores)
+    return predict, f"{hint}, batch {batch}"
 
 
 def main() -> None:
@@ -104,6 +113,7 @@ def main() -> None:
     support = torch.from_numpy(inputs["support"]).float() / 255  # K x 3 x S x S in [0, 1]
     test = torch.from_numpy(inputs["test"]).float() / 255  # N x 3 x S x S
     torch.manual_seed(0)
+    np.random.seed(0)  # the coreset's random projection draws from numpy's global generator (sklearn)
     module = build(args.method, str(inputs["weights"]))
     tic = time.perf_counter()
     fit(module, support)
@@ -115,7 +125,7 @@ def main() -> None:
         else:
             precision = "f32" if args.export == "openvino" else None
             predict, hint = openvino_predictor(module, test.shape[-1], args.threads, Path(tmp), precision)
-            note = f"OpenVINO precision {hint}"
+            note = f"OpenVINO {hint}"
         predict(test[:BATCH])  # warm-up
         predict_s = []
         for _ in range(args.repeats):
