@@ -91,7 +91,7 @@ def peer_versions(venv: Path) -> dict | None:
     python = venv_python(venv)
     if not python.is_file():
         return None
-    done = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, cwd="/")
+    done = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, cwd="/", check=False)
     if done.returncode != 0:
         return None
     versions = json.loads(done.stdout)
@@ -115,7 +115,7 @@ def ensure_peer_venv(venv: Path, anomalib: str, openvino: bool) -> dict:
             subprocess.run([base, "-m", "venv", str(venv)], check=True)
         command = [str(venv_python(venv)), "-m", "pip", "install", "--disable-pip-version-check", *wanted]
         print("$", " ".join(command), flush=True)
-        done = subprocess.run(command, capture_output=True, text=True, cwd="/")
+        done = subprocess.run(command, capture_output=True, text=True, cwd="/", check=False)
         if done.returncode != 0:
             tail = "\n  ".join((done.stdout + done.stderr).strip().splitlines()[-8:])
             raise SystemExit(f"peer_anomalib.py: could not install {' '.join(wanted)} into {venv} "
@@ -246,7 +246,7 @@ def run_one(side: str, path: str, method: str, args: argparse.Namespace, inputs:
     env.pop("PYTHONPATH", None)  # the anomalib side must not see fsad
     if side == "fsad":
         env["PYTHONPATH"] = str(ROOT)  # this checkout's fsad, whatever the virtualenv has installed
-    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=work)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=work, check=False)
     if done.returncode != 0:
         tail = "\n  ".join((done.stdout + done.stderr).strip().splitlines()[-15:])
         raise SystemExit(f"peer_anomalib.py: {side} {method} ({path}) failed (exit {done.returncode}):\n  {tail}")
@@ -339,10 +339,9 @@ def main(argv: list[str] | None = None) -> None:
         for method in args.methods:
             runs: dict[tuple[str, str], list[dict]] = {key: [] for key in paths(args.openvino, args.openvino_default)}
             for _ in range(args.rounds):
-                for side, path in runs:
-                    runs[(side, path)].append(run_one(side, path, method, args, inputs, work))
-                    print(f"  {method} {side} {path}: predict {statistics.median(runs[(side, path)][-1]['predict_s']):.2f} s",
-                          flush=True)
+                for (side, path), results in runs.items():
+                    results.append(run_one(side, path, method, args, inputs, work))
+                    print(f"  {method} {side} {path}: predict {statistics.median(results[-1]['predict_s']):.2f} s", flush=True)
             rows += summarise(method, runs, labels)
     print(f"\n$ {' '.join(['OMP_NUM_THREADS=' + os.environ.get('OMP_NUM_THREADS', '?'), Path(sys.executable).name, *sys.argv])}")
     print(f"machine: {machine_note(args.threads)}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n")
