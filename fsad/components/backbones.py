@@ -173,8 +173,7 @@ class ExportedFeatures(nn.Module):
     stages (normalisation included), run by ONNX Runtime on the CPU, the numbers of a
     ``FeatureExtractor`` with ``runtime: onnxruntime``, but no network is built, so torchvision
     (2 s of start-up, its ops import ``torch._dynamo``) is never imported. It has the
-    ``FeatureExtractor`` attributes the methods read (``name``, ``channels``, ``strides``) and no
-    weights: ``load_state_dict`` checks that the saved weights are those the graph was
+    ``FeatureExtractor`` attributes the methods read (``name``, ``channels``) and no weights: ``load_state_dict`` checks that the saved weights are those the graph was
     exported from (``weights_key``) and keeps nothing. Test-time features only: images of the
     exported size, on the CPU; nothing to train, save or export again.
 
@@ -184,9 +183,6 @@ class ExportedFeatures(nn.Module):
         size: The H x W it was exported for.
         weights: ``weights_key`` of the weights it was exported from.
     """
-
-    strides: tuple[int, int, int] = FeatureExtractor.strides
-    runtime = "onnxruntime"
 
     def __init__(self, name: str, graph: Path, size: tuple[int, int], weights: str):
         super().__init__()
