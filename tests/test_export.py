@@ -110,3 +110,33 @@ def test_export_refuses_regad_features(toy_root, tmp_path, capsys):
     with pytest.raises(SystemExit):
         fsad("export", detector)
     assert "untrained computes its features with more than a backbone" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["spade", "patchcore", "fastrecon", "anomalydino"])
+def test_every_cnn_method_scores_alike_from_its_exported_graph(toy_root, tmp_path, method):
+    """The exported folder's detector (no network, ExportedFeatures) runs each method's own code: its maps and
+    image scores are those of the same folder with the network built and eager PyTorch features."""
+    import torch
+
+    from fsad.components.backbones import ExportedFeatures
+    from fsad.config import RegADConfig
+    from fsad.data.mvtec import read_image, resize_image
+    from fsad.methods.registry import build_detector, load_detector, save_detector
+    from fsad.product.export import export_detector, load_exported
+
+    def images(folder: Path) -> torch.Tensor:
+        return torch.stack([resize_image(read_image(path, None), 32) for path in sorted(folder.rglob("*.png"))])
+
+    regad = RegADConfig(pretrained=False, image_size=32, device="cpu")
+    detector = build_detector(method, regad)
+    detector.fit(images(toy_root / "disc" / "train" / "good")[:4])
+    save_detector(tmp_path / method, detector, regad)
+    export_detector(tmp_path / method)
+    exported, _ = load_exported(tmp_path / method)
+    assert isinstance(exported.backbone, ExportedFeatures)
+    eager, _ = load_detector(tmp_path / method)
+    eager.backbone.runtime = "torch"
+    test = images(toy_root / "disc" / "test")
+    fast, reference = exported.predict(test), eager.predict(test)
+    assert ((fast.image - reference.image).abs() / reference.image.abs()).max() <= 1e-5
+    assert (fast.maps - reference.maps).abs().max() <= 1e-5 * reference.maps.abs().max()
