@@ -80,7 +80,9 @@ def matmul_peak(dtype_name: str, n: int = 1024, repeats: int = 5) -> float:
 def config_for(backbone: str, size: int):
     from fsad.config import RegADConfig
 
-    return RegADConfig(backbone=backbone, pretrained=False, normalize=False, image_size=size, device="cpu")
+    # runtime: RegAD's registered features (STNs) run in PyTorch whatever it says (fsad.components.runtime).
+    return RegADConfig(backbone=backbone, pretrained=False, normalize=False, image_size=size, device="cpu",
+                       runtime=os.environ.get("FSAD_BENCH_RUNTIME", "auto"))
 
 
 def load_inputs(root: str, backbone: str, size: int, shots: list[int], sets: int):
@@ -247,8 +249,10 @@ def main() -> None:
     parser.add_argument("--official-positions", type=int, default=98,
                         help="positions the official fit and scoring loops run on (scaled to all)")
     parser.add_argument("--batch", type=int, default=32, help="test images per forward pass")
+    parser.add_argument("--runtime", default="auto", help="fsad's test-time runtime setting (auto, torch, onnxruntime)")
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)  # inherited by the children
+    os.environ["FSAD_BENCH_RUNTIME"] = args.runtime  # read by config_for in the children
 
     import torch
 
@@ -261,7 +265,7 @@ def main() -> None:
           f"{os.cpu_count()} CPUs; load average before {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print(f"matmul peak, 1024 x 1024, best of 5: float32 {peak32:.1f} GFLOP/s, float64 {peak64:.1f} GFLOP/s")
     print(f"{args.sets} support sets x K = {args.shots} drawn from {args.train_images} train images, {args.test} test images; category 'disc' of "
-          "fsad.data.toy.make_toy_dataset; random weights, inputs not normalised")
+          f"fsad.data.toy.make_toy_dataset; random weights, inputs not normalised; runtime {args.runtime}")
     for spec in args.sizes:
         backbone, size = spec.split(":")[0], int(spec.split(":")[1])
         with tempfile.TemporaryDirectory() as tmp:

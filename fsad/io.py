@@ -24,9 +24,10 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:  # only a type here: importing pandas costs every command 0.25 s of start-up
+    import pandas as pd
 
 
 def _process_alive(pid: int) -> bool:

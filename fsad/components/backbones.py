@@ -19,12 +19,12 @@ Example:
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 from torch.fx.experimental.optimization import fuse
 from torch.fx.proxy import TraceError
@@ -32,8 +32,8 @@ from torch.fx.proxy import TraceError
 from fsad.components.runtime import OnnxFeatures, resolve_runtime
 from fsad.components.weights import MissingWeightsError, WeightSource, locate_weights
 
-__all__ = ["BACKBONES", "BackboneSpec", "FeatureExtractor", "MissingWeightsError", "ModuleSnapshot", "build_backbone",
-           "fold_batch_norms", "resolve_weights"]
+__all__ = ["BACKBONES", "BackboneSpec", "ExportedFeatures", "FeatureExtractor", "MissingWeightsError", "ModuleSnapshot",
+           "StaleGraphError", "build_backbone", "fold_batch_norms", "resolve_weights", "weights_key"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -132,11 +132,6 @@ class FeatureExtractor(nn.Module):
             self._onnx = OnnxFeatures(EagerStages(self))
         return self._onnx
 
-    def use_graphs(self, graphs: dict[tuple[int, int], Path]) -> None:
-        """Run test-time features from ``graphs`` (a detector folder's exported files, by H x W) instead of exporting."""
-        self.runtime = "onnxruntime"
-        self._onnx = OnnxFeatures(EagerStages(self), graphs)
-
     def __getstate__(self) -> dict:
         # A runtime session neither copies nor pickles (deepcopy for folding, torch.save): rebuilt on use.
         state = dict(self.__dict__)
@@ -155,6 +150,71 @@ class EagerStages(nn.Module):
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         return self.extractor.eager(images)
+
+
+def weights_key(state: Mapping[str, torch.Tensor]) -> str:
+    """A hash of a backbone's saved weights (``state_dict``: names, dtypes, shapes, values).
+
+    What ties an exported graph to a detector's state: ``fsad export`` records it, and
+    ``ExportedFeatures`` computes it again from the state it is given.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu()
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())  # the bytes of any dtype
+    return digest.hexdigest()[:32]
+
+
+class ExportedFeatures(nn.Module):
+    """A fitted detector's backbone as its exported graph alone (``fsad export``'s ``features.onnx``).
+
+    What ``fsad predict`` scores an exported folder with: the graph of the backbone's three
+    stages (normalisation included), run by ONNX Runtime on the CPU, the numbers of a
+    ``FeatureExtractor`` with ``runtime: onnxruntime``, but no network is built, so torchvision
+    (2 s of start-up, its ops import ``torch._dynamo``) is never imported. It has the
+    ``FeatureExtractor`` attributes the methods read (``name``, ``channels``) and no weights: ``load_state_dict`` checks that the saved weights are those the graph was
+    exported from (``weights_key``) and keeps nothing. Test-time features only: images of the
+    exported size, on the CPU; nothing to train, save or export again.
+
+    Args:
+        name: The backbone's name in ``BACKBONES`` (its stage channels come from there).
+        graph: The ONNX file: B x 3 x H x W images in [0, 1] -> the three stage outputs.
+        size: The H x W it was exported for.
+        weights: ``weights_key`` of the weights it was exported from.
+    """
+
+    def __init__(self, name: str, graph: Path, size: tuple[int, int], weights: str):
+        super().__init__()
+        self.name, self.channels = name, _spec(name).channels
+        self.size, self.weights = tuple(size), weights
+        self._onnx = OnnxFeatures(self, {self.size: Path(graph)})  # the graph given: it never exports
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """B x 3 x H x W float32 CPU images in [0, 1] (H x W the exported size) -> the three stage outputs."""
+        if tuple(images.shape[-2:]) != self.size or images.device.type != "cpu":
+            raise ValueError(f"fsad/components/backbones.py: the exported {self.name} graph takes {self.size[0]} x "
+                             f"{self.size[1]} images on the CPU, got {tuple(images.shape[-2:])} on {images.device}; "
+                             "load the detector with load_detector to run it elsewhere")
+        return self._onnx(images)
+
+    def load_state_dict(self, state_dict: Mapping[str, torch.Tensor], strict: bool = True, assign: bool = False):
+        """Check that ``state_dict`` holds the weights the graph was made from; keep nothing.
+
+        Raises:
+            StaleGraphError: other weights (a graph copied from another folder, or a refit by hand).
+        """
+        if weights_key(state_dict) != self.weights:
+            raise StaleGraphError(f"fsad/components/backbones.py: the exported {self.name} graph was made from other "
+                                  "weights than the detector's; run fsad export on the folder again")
+
+    def state_dict(self, *args, **kwargs):
+        raise RuntimeError("fsad/components/backbones.py: an exported graph holds no weights to save; save the "
+                           "detector as load_detector builds it (without its exported graph)")
+
+
+class StaleGraphError(ValueError):
+    """An exported graph that does not hold the detector's weights."""
 
 
 # A builder returns the full torchvision-style network (whose state-dict keys the weight
@@ -183,6 +243,8 @@ class BackboneSpec:
 
 def _resnet(arch: str) -> tuple[nn.Module, list[nn.Module]]:
     """ResNet split: stem + layer1 (/4), layer2 (/8), layer3 (/16); layer4 and fc dropped."""
+    import torchvision  # here, not at the top: 2 s of start-up (its ops import torch._dynamo) fsad predict of an exported folder skips
+
     net = getattr(torchvision.models, arch)(weights=None)
     stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1)
     return net, [stem, net.layer2, net.layer3]
@@ -190,6 +252,8 @@ def _resnet(arch: str) -> tuple[nn.Module, list[nn.Module]]:
 
 def _mobilenet_v2() -> tuple[nn.Module, list[nn.Module]]:
     """MobileNetV2 split: ``features[0:4]`` (/4), ``[4:7]`` (/8), ``[7:14]`` (/16)."""
+    import torchvision  # as in _resnet
+
     net = torchvision.models.mobilenet_v2(weights=None)
     return net, [net.features[0:4], net.features[4:7], net.features[7:14]]
 

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import kornia
 import torch
 import torch.nn.functional as F
 
@@ -81,6 +80,8 @@ def rotated_copies(images: torch.Tensor) -> torch.Tensor:
     Returns:
         8K x 3 x H x W, angle-major: the K images at 0 degrees first.
     """
+    import kornia  # here, as in fsad.components.views: start-up of commands that never rotate
+
     k = len(images)
     angles = images.new_tensor(ROTATIONS).repeat_interleave(k)  # 8K
     return kornia.geometry.transform.rotate(images.repeat(len(ROTATIONS), 1, 1, 1), angles, padding_mode="reflection")

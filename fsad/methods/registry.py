@@ -56,7 +56,7 @@ from typing import Any
 import torch
 
 import fsad
-from fsad.components.backbones import build_backbone
+from fsad.components.backbones import FeatureExtractor, build_backbone
 from fsad.components.dinov2 import DinoV2Features
 from fsad.config import RegADConfig, resolve_device
 from fsad.io import atomic_dir, save_atomic, write_json_atomic
@@ -75,9 +75,12 @@ DETECTOR_FILE = "detector.pt"
 RECORD_FILE = "detector.json"
 FORMAT = "fsad-detector"
 FORMAT_VERSION = 2  # 2: the low-rank Gaussian stores its centred samples and L^-1 apart (fsad.components.gaussian)
+# What builds a CNN method's backbone from the shared settings: ``method_backbone``, or another in ``load_detector``.
+BackboneBuilder = Callable[[RegADConfig], FeatureExtractor]
 
 
-def _backbone(regad: RegADConfig):
+def method_backbone(regad: RegADConfig) -> FeatureExtractor:
+    """The backbone of every CNN method, built from the shared settings (its ``runtime`` among them)."""
     # Random weights (pretrained: false) come from regad.seed, so two runs of one config score alike;
     # the caller's random state is left as it was.
     with torch.random.fork_rng(devices=[]):
@@ -87,25 +90,26 @@ def _backbone(regad: RegADConfig):
     return backbone
 
 
-def _regad(regad: RegADConfig, options: dict[str, Any], model_path: Path | None) -> Detector:
+def _regad(regad: RegADConfig, options: dict[str, Any], model_path: Path | None, _: BackboneBuilder) -> Detector:
     # Without a model file (only load_detector asks so) the weights come from the saved state.
     model = build_model(regad.replace(pretrained=False)) if model_path is None else load_model(model_path, expected=regad)[0]
     return RegADMethod(model, regad, name="regad")
 
 
-def _resad(regad: RegADConfig, options: dict[str, Any], model_path: Path | None) -> Detector:
-    detector = ResAD(_backbone(regad), regad.image_size, sigma=regad.blur_sigma, device=resolve_device(regad.device))
+def _resad(regad: RegADConfig, options: dict[str, Any], model_path: Path | None, backbone: BackboneBuilder) -> Detector:
+    detector = ResAD(backbone(regad), regad.image_size, sigma=regad.blur_sigma, device=resolve_device(regad.device))
     if model_path is not None:
         detector.load(model_path)
     return detector
 
 
-def _padim(views: bool) -> Callable[[RegADConfig, dict[str, Any], Path | None], Detector]:
-    return lambda regad, options, _: PaDiM(_backbone(regad), regad.image_size, augment_support=views, eps=regad.eps,
-                                           sigma=regad.blur_sigma, device=resolve_device(regad.device), **options)
+def _padim(views: bool) -> Callable[[RegADConfig, dict[str, Any], Path | None, BackboneBuilder], Detector]:
+    return lambda regad, options, _, backbone: PaDiM(backbone(regad), regad.image_size, augment_support=views,
+                                                     eps=regad.eps, sigma=regad.blur_sigma,
+                                                     device=resolve_device(regad.device), **options)
 
 
-def _anomalydino_dinov2(regad: RegADConfig, options: dict[str, Any], _: Path | None) -> Detector:
+def _anomalydino_dinov2(regad: RegADConfig, options: dict[str, Any], _: Path | None, __: BackboneBuilder) -> Detector:
     # The paper's backbone and input size (shorter side 448); regad.backbone is not used.
     options = {"resolution": 448, **options}
     return AnomalyDINO(DinoV2Features(pretrained=regad.pretrained), regad.image_size, sigma=regad.blur_sigma,
@@ -117,34 +121,36 @@ class Entry:
     """How to build one method.
 
     Attributes:
-        build: ``(regad, options, model_path) -> Detector``; ``model_path`` is ``None`` only
-            when ``load_detector`` rebuilds a detector whose weights are in its state.
+        build: ``(regad, options, model_path, backbone) -> Detector``; ``model_path`` is ``None`` only
+            when ``load_detector`` rebuilds a detector whose weights are in its state; the CNN methods
+            take their backbone from ``backbone(regad)`` (``method_backbone``, or what ``load_detector`` is given).
         options: Keyword options the method accepts beyond the shared settings.
         model_file: What the trained model file is, for methods that need one.
     """
 
-    build: Callable[[RegADConfig, dict[str, Any], Path | None], Detector]
+    build: Callable[[RegADConfig, dict[str, Any], Path | None, BackboneBuilder], Detector]
     options: tuple[str, ...] = ()
     model_file: str | None = None
 
 
 DETECTORS: dict[str, Entry] = {
     "regad": Entry(_regad, model_file="a RegAD model trained on other categories (regad.pt of fsad train)"),
-    "untrained": Entry(lambda regad, options, _: RegADMethod(untrained_regad(regad), regad, name="untrained")),
-    "spade": Entry(lambda regad, options, _: SPADE(_backbone(regad), regad.image_size, sigma=regad.blur_sigma,
-                                                   device=resolve_device(regad.device), **options), ("top_k", "kappa")),
+    "untrained": Entry(lambda regad, options, *_: RegADMethod(untrained_regad(regad), regad, name="untrained")),
+    "spade": Entry(lambda regad, options, _, backbone: SPADE(backbone(regad), regad.image_size, sigma=regad.blur_sigma,
+                                                             device=resolve_device(regad.device), **options),
+                   ("top_k", "kappa")),
     "padim": Entry(_padim(views=False), ("n_channels", "seed")),
     "padim_views": Entry(_padim(views=True), ("n_channels", "seed")),
-    "patchcore": Entry(lambda regad, options, _: PatchCore(_backbone(regad), regad.image_size, sigma=regad.blur_sigma,
-                                                           device=resolve_device(regad.device), **options),
+    "patchcore": Entry(lambda regad, options, _, backbone: PatchCore(backbone(regad), regad.image_size,
+                                                                     sigma=regad.blur_sigma, device=resolve_device(regad.device), **options),
                        ("coreset_ratio", "projection_dim", "neighbours", "seed")),
     "resad": Entry(_resad, model_file="a ResAD head trained on other categories (ResAD.save)"),
-    "regad_l": Entry(lambda regad, options, _: RegADL(regad, **options), ("epochs", "pair_shots")),
-    "fastrecon": Entry(lambda regad, options, _: FastRecon(_backbone(regad), regad.image_size, sigma=regad.blur_sigma,
-                                                           device=resolve_device(regad.device), **options),
+    "regad_l": Entry(lambda regad, options, *_: RegADL(regad, **options), ("epochs", "pair_shots")),
+    "fastrecon": Entry(lambda regad, options, _, backbone: FastRecon(backbone(regad), regad.image_size,
+                                                                     sigma=regad.blur_sigma, device=resolve_device(regad.device), **options),
                        ("coreset_ratio", "regularization", "seed")),
-    "anomalydino": Entry(lambda regad, options, _: AnomalyDINO(_backbone(regad), regad.image_size, sigma=regad.blur_sigma,
-                                                               device=resolve_device(regad.device), **options),
+    "anomalydino": Entry(lambda regad, options, _, backbone: AnomalyDINO(backbone(regad), regad.image_size,
+                                                                         sigma=regad.blur_sigma, device=resolve_device(regad.device), **options),
                          ("rotation", "masking", "mask_threshold")),
     "anomalydino_dinov2": Entry(_anomalydino_dinov2, ("rotation", "masking", "mask_threshold", "resolution")),
 }
@@ -186,7 +192,7 @@ def build_detector(name: str, regad: RegADConfig, options: dict[str, Any] | None
     elif not Path(model_path).is_file():
         raise FileNotFoundError(f"fsad/methods/registry.py: model file {model_path} of method {name!r} does not exist; "
                                 "fix --model")
-    return entry.build(regad, options, None if model_path is None else Path(model_path))
+    return entry.build(regad, options, None if model_path is None else Path(model_path), method_backbone)
 
 
 def save_detector(folder: Path, detector: Detector, regad: RegADConfig, options: dict[str, Any] | None = None,
@@ -224,7 +230,9 @@ def read_detector_file(folder: Path) -> dict[str, Any]:
         raise ValueError(f"fsad/methods/registry.py: {folder} is not a detector folder (no {DETECTOR_FILE}); "
                          "pass the --out folder of fsad fit")
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        # Mapped, not read: the tensors are paged in as scoring uses them (a 224-px padim_views
+        # state is 200 MB; 0.15 s of fsad predict's start-up). Private mapping: the file is never written.
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # a truncated, foreign or hand-made file: torch raises many types
         raise ValueError(f"fsad/methods/registry.py: {path} is not a readable detector file ({type(error).__name__}); "
                          "refit it with fsad fit") from error
@@ -237,7 +245,8 @@ def read_detector_file(folder: Path) -> dict[str, Any]:
     return saved
 
 
-def load_detector(folder: Path, method: str | None = None, device: str | None = None) -> tuple[Detector, dict[str, Any]]:
+def load_detector(folder: Path, method: str | None = None, device: str | None = None,
+                  backbone: BackboneBuilder = method_backbone) -> tuple[Detector, dict[str, Any]]:
     """The fitted detector of ``folder`` and its record; nothing is refitted.
 
     Args:
@@ -245,6 +254,8 @@ def load_detector(folder: Path, method: str | None = None, device: str | None = 
         method: The method it must hold (``None``: any).
         device: Where to run it (``None``: ``auto``, the GPU when there is one). Not the device it
             was fitted on: the state is on the CPU, so a folder moves between machines.
+        backbone: Builds the CNN methods' backbone from the settings, into which the state's
+            weights are then loaded (``fsad.product.export.load_exported``: the folder's graph).
 
     Returns:
         The detector and ``{"method", "settings", "fsad_version", **record}``.
@@ -261,10 +272,11 @@ def load_detector(folder: Path, method: str | None = None, device: str | None = 
     regad = RegADConfig.from_dict(settings["regad"], source=str(Path(folder) / DETECTOR_FILE))
     # Every weight is in the state: build without ImageNet weight files, then load.
     regad = regad.replace(pretrained=False, device=device or "auto")
-    detector = _entry(saved["method"], settings["options"]).build(regad, dict(settings["options"]), None)
+    detector = _entry(saved["method"], settings["options"]).build(regad, dict(settings["options"]), None, backbone)
     detector.load_state(saved["state"])
     header = {k: saved[k] for k in ("format", "format_version", "method", "fsad_version", "settings")}
     return detector, {**header, **saved["record"]}
 
 
-__all__ = ["DETECTORS", "build_detector", "is_detector_folder", "load_detector", "read_detector_file", "save_detector"]
+__all__ = ["DETECTORS", "BackboneBuilder", "build_detector", "is_detector_folder", "load_detector", "method_backbone",
+           "read_detector_file", "save_detector"]

@@ -27,8 +27,7 @@ from tqdm.auto import tqdm
 from fsad.data.mvtec import downscale_factor, read_image, resize_image
 from fsad.io import atomic_dir, atomic_path, write_csv_atomic
 from fsad.methods.base import to_float
-from fsad.methods.registry import load_detector
-from fsad.product.export import use_exported_features
+from fsad.product.export import load_exported
 from fsad.product.images import find_images
 from fsad.product.report import thumbnail, write_report
 from fsad.product.threshold import Threshold
@@ -112,8 +111,7 @@ def predict_product(detector_dir: Path, images: Sequence[str | Path], out: Path,
         ``{"csv", "heatmaps", "masks", "report", "images", "anomalous", "errors": [(path, message)], "method",
         "selection" (the ranking of ``fsad fit --method auto``, or None), "seconds"}``; ``seconds``: reading, scoring and writing the images.
     """
-    detector, record = load_detector(Path(detector_dir), device=device)
-    use_exported_features(detector, Path(detector_dir))  # fsad export's graph, where the folder has one
+    detector, record = load_exported(Path(detector_dir), device=device)  # fsad export's graph, where the folder has one
     found = find_images(images)
     out = Path(out).resolve()
     for given in map(Path, images):

@@ -51,7 +51,7 @@ from fsad.data.support_sets import support_samples, support_sets_for
 from fsad.io import save_atomic, save_figure_atomic, write_csv_atomic, write_text_atomic
 from fsad.methods import Detector, ResAD
 from fsad.methods.regad.training import MODEL_NAME
-from fsad.methods.registry import DETECTORS, build_detector
+from fsad.methods.registry import DETECTORS, build_detector, method_backbone
 from fsad.reporting.tables import pivot_text, summarize, to_markdown
 from fsad.study.evaluation import TestSet, clock, evaluate_detector, warm_up
 from fsad.study.experiment import resolve_dataset
@@ -103,7 +103,7 @@ def _resad_model(ctx: Context) -> Path:
     else:
         if changed:
             log.warning("%s was made with other settings or data (%s): training again", path, "; ".join(changed))
-        method = DETECTORS["resad"].build(ctx.config.regad, {}, None)  # a head to train here (build_detector wants a trained one)
+        method = DETECTORS["resad"].build(ctx.config.regad, {}, None, method_backbone)  # a head to train here (build_detector wants a trained one)
         sources = method.train(ctx.others, settings, progress=ctx.progress)
         method.save(path, settings, sources, ctx.others)
         ctx.notes["trained"] = True
