@@ -1,6 +1,7 @@
 """Every setting of fsad in one vocabulary: typed models, validated when read.
 
-- ``RegADConfig``: one RegAD run (the ``train`` section of ``params.yaml``, the ``regad:``
+- ``RegADConfig``: one RegAD run (the ``train`` section of ``params.yaml``, with ``seeds`` for
+  ``seed``: ``fsad.pipeline.params.TrainParams``; the ``regad:``
   section of ``configs/*.yaml``);
 - ``ResADSettings``: ResAD's training; ``EvalSettings``: the test-time settings of the
   pipeline's ``evaluate`` stage;
@@ -136,6 +137,7 @@ Method = Annotated[str, names("method", _method_names)]
 Shots = Annotated[tuple[Positive, ...], BeforeValidator(_listed), Field(min_length=1)]
 Categories = Annotated[tuple[Name, ...], BeforeValidator(_listed), Field(min_length=1), AfterValidator(_once_each)]
 Pool = Annotated[tuple[Name, ...], BeforeValidator(_listed), AfterValidator(_once_each)]  # fsad.study.pools entries
+Seeds = Annotated[tuple[Seed, ...], BeforeValidator(_listed), Field(min_length=1), AfterValidator(_once_each)]
 Metrics = Annotated[tuple[Metric, ...], BeforeValidator(_listed), Field(min_length=1), AfterValidator(_once_each)]
 Methods = Annotated[tuple[Method, ...], BeforeValidator(_listed), Field(min_length=1), AfterValidator(_once_each)]
 # The ablations always train ``no_stn``: "none" is not one of their STN-mode variants.

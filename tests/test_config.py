@@ -151,7 +151,10 @@ def test_the_study_stages_build_their_studies_from_params_yaml():
     ablations, baselines = ablation_config(), comparison_config()
     train = section("train")
     assert ablations.regad.epochs == section("ablations").epochs and ablations.regad.lr == train.lr
-    assert baselines.regad == train.replace(eps=section("evaluate").eps, blur_sigma=section("evaluate").blur_sigma)
+    first = train.for_seed(train.seeds[0])  # the studies use the first seed's models
+    assert ablations.regad.seed == first.seed and ablations.regad.train_extra == train.train_extra
+    assert baselines.regad == first.replace(eps=section("evaluate").eps, blur_sigma=section("evaluate").blur_sigma)
+    assert baselines.regad_models.endswith(f"models/seed{train.seeds[0]}")
     assert baselines.resad.steps == section("baselines").resad_steps
 
 

@@ -2,8 +2,12 @@
 
 The manifests make DVC's per-category reruns exact: the ``train`` and ``evaluate`` stages
 of a category depend on its manifest files, not on the data set folder, so changing one
-category's images (or its support sets) reruns only the stages that read them. Support
-sets are made here, once, and every method reads the same files.
+category's images (or its support sets) reruns only the stages that read them. A target's
+training-set manifest lists its whole training pool (``fsad.study.pools``: the data set's
+other categories, ``train.train_own`` of them, and ``train.train_extra``'s categories of
+other data sets) with the checksum of every image, so changing an image of an extra
+category retrains the models it trained. Support sets are made here, once, and every
+method reads the same files.
 
 Example:
     >>> summary = prepare_data("toy", targets=["disc"], shots=[2], n_sets=2, seed=0)  # doctest: +SKIP
@@ -28,6 +32,7 @@ from fsad.paths import ROOT
 from fsad.pipeline import layout
 from fsad.pipeline.manifest import dataset_root
 from fsad.reporting.paper import benchmark_of
+from fsad.study.pools import load_extra, training_pool
 from fsad.study.preflight import preflight
 
 SUPPORT_SOURCES = ("draw", "official")
@@ -62,14 +67,21 @@ def category_manifests(category: Category, dataset: str) -> tuple[dict[str, Any]
     return train, test
 
 
+def training_set_record(dataset: str, target: str, pool: Sequence[Category], files: dict[str, dict[str, str]]) -> dict[str, Any]:
+    """``training_sets/<target>.json``: the pool's category names, image counts and train files' MD5."""
+    return {"dataset": dataset, "target": target, "train_categories": [c.name for c in pool],
+            "images": {c.name: len(c.train) for c in pool}, "files": {c.name: files[c.name] for c in pool}}
+
+
 def prepare_data(dataset: str, targets: Sequence[str], shots: Sequence[int], n_sets: int, seed: int,
-                 source: str = "draw", progress: bool = True) -> dict[str, Any]:
+                 source: str = "draw", progress: bool = True, train_extra: Sequence[str] = (),
+                 train_own: int | None = None) -> dict[str, Any]:
     """Resolve (or build) the data set, write its manifests and the targets' support sets.
 
     Writes ``data/prepared/``: ``dataset.json``, ``train/<c>.json`` and ``test/<c>.json`` for
-    every category, and ``training_sets/<t>.json`` (the train files of every category but
-    ``t``: leave-one-out) for every target ``t``; and ``data/support_sets/<t>.json``. Each
-    folder is replaced as a whole, atomically.
+    every category, and ``training_sets/<t>.json`` for every target ``t``: its training pool
+    (never ``t``), each category's train files with their MD5 and its image count; and
+    ``data/support_sets/<t>.json``. Each folder is replaced as a whole, atomically.
 
     Args:
         dataset: ``elpv``, ``toy``, ``fsad-mini`` or a folder (relative to the project root).
@@ -78,6 +90,9 @@ def prepare_data(dataset: str, targets: Sequence[str], shots: Sequence[int], n_s
         n_sets: Support sets per K.
         seed: Seed of the draw.
         source: ``draw`` or ``official``.
+        train_extra: ``train.train_extra``: other data sets' categories in every pool
+            (relative folders are the project root's).
+        train_own: ``train.train_own``: how many of the data set's other categories (``None``: all).
 
     Returns:
         The content of ``dataset.json``.
@@ -86,6 +101,7 @@ def prepare_data(dataset: str, targets: Sequence[str], shots: Sequence[int], n_s
         raise ValueError(f"fsad/pipeline/data_prep.py: support.source is {source!r}; choose one of {SUPPORT_SOURCES}")
     root = dataset_root(dataset)
     preflight(root, targets, shots)  # every file the later stages read, before any of them runs
+    extra = load_extra(train_extra, base=ROOT)  # a missing source stops here, before any checksum
     names = list_categories(root)
     categories = {name: load_category(root, name) for name in names}
     summary = {
@@ -102,11 +118,11 @@ def prepare_data(dataset: str, targets: Sequence[str], shots: Sequence[int], n_s
             train_files[name] = train["files"]
             write_json_atomic(prepared / "train" / f"{name}.json", train)
             write_json_atomic(prepared / "test" / f"{name}.json", test)
-        for target in targets:  # train@<target> reads exactly the other categories' files
-            others = [n for n in names if n != target]
-            write_json_atomic(prepared / "training_sets" / f"{target}.json",
-                              {"dataset": dataset, "target": target, "train_categories": others,
-                               "files": {n: train_files[n] for n in others}})
+        for category in extra:  # SOURCE/CATEGORY names: never a category of the data set
+            train_files[category.name] = category_manifests(category, dataset)[0]["files"]
+        for target in targets:  # train@<target>-<seed> reads exactly its pool's files
+            pool = training_pool(categories[target], [c for n, c in categories.items() if n != target], extra, train_own)
+            write_json_atomic(prepared / "training_sets" / f"{target}.json", training_set_record(dataset, target, pool, train_files))
         write_json_atomic(prepared / layout.DATASET_MANIFEST.name, summary)
     with atomic_dir(layout.SUPPORT_DIR) as support:
         official_dir = layout.OFFICIAL_SUPPORT_DIR if source == "official" else None
@@ -115,4 +131,4 @@ def prepare_data(dataset: str, targets: Sequence[str], shots: Sequence[int], n_s
     return summary
 
 
-__all__ = ["category_manifests", "file_md5", "prepare_data"]
+__all__ = ["category_manifests", "file_md5", "prepare_data", "training_set_record"]

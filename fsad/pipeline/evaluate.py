@@ -1,11 +1,12 @@
-"""Stage ``evaluate@<category>``: every support set of every K scored, per-category metrics written.
+"""Stage ``evaluate@<category>-<seed>``: every support set of every K scored with one seed's model.
 
 The metrics come from :func:`fsad.study.evaluation.evaluate_detector`, the loop every study
 uses. For the figures, the same loop keeps the anomaly maps of the first support set of every
-K: per-image scores (ROC curves) and the best and worst test images.
+K: per-image scores (ROC curves) and the best and worst test images. The untrained network
+does not depend on the training seed: only the first seed's stage scores it (``untrained``).
 
 Example:
-    >>> out = evaluate_target("mono", EvalSettings(metrics=("image_auroc",)))  # doctest: +SKIP
+    >>> out = evaluate_target("mono", 0, EvalSettings(metrics=("image_auroc",)))  # doctest: +SKIP
     >>> out.rows.groupby("shots")["image_auroc"].mean()  # doctest: +SKIP
 """
 
@@ -37,8 +38,10 @@ class Evaluation:
 
     Attributes:
         category: The evaluated category.
+        seed: The training seed of the model.
         config: The settings the maps were made with.
-        rows: One row per (method, K, support set) with the metrics.
+        rows: One row per (method, K, support set) with the metrics, and ``seed``
+            (empty for the untrained network).
         scores: One row per (method, K, test image) of the figure support set: label, score.
         maps: ``(method, K) -> N x S x S`` anomaly maps of the figure support set.
         test: The test images, labels and masks.
@@ -46,6 +49,7 @@ class Evaluation:
     """
 
     category: Category
+    seed: int
     config: RegADConfig
     rows: pd.DataFrame
     scores: pd.DataFrame
@@ -54,34 +58,47 @@ class Evaluation:
     models: dict[str, RegAD] = field(repr=False)
 
 
-def variants(target: str, settings: EvalSettings) -> tuple[RegADConfig, dict[str, RegAD]]:
-    """The trained model of ``target`` and, when asked, the untrained reference network."""
-    model, config = load_model(layout.model_path(target))
+def variants(target: str, seed: int, settings: EvalSettings, untrained: bool) -> tuple[RegADConfig, dict[str, RegAD]]:
+    """The model of ``target`` trained with ``seed`` and, when ``untrained`` and asked
+    (``settings.untrained_baseline``), the untrained reference network."""
+    model, config = load_model(layout.model_path(target, seed))
     config = settings.apply(config)
     models = {"regad": model}
-    if settings.untrained_baseline:
+    if untrained and settings.untrained_baseline:
         models["untrained"] = untrained_regad(config.replace(pretrained=True))
     return config, models
 
 
-def evaluate_target(target: str, settings: EvalSettings, progress: bool = True) -> Evaluation:
-    """Score ``target``'s test set with every support set, for the trained model (and the untrained one).
+def evaluate_target(target: str, seed: int, settings: EvalSettings, untrained: bool = True, progress: bool = True) -> Evaluation:
+    """Score ``target``'s test set with every support set, for the model of ``seed`` (and the untrained one).
 
     The maps of support set ``FIGURE_SET`` of every K are kept from the same loop, for the figures.
+
+    Args:
+        untrained: Also score the untrained network (when ``settings.untrained_baseline``):
+            the first seed's stage does, the others would only repeat it.
     """
     category = prepared_category(target)
     support_sets = prepared_support_sets(category)
-    config, models = variants(target, settings)
+    config, models = variants(target, seed, settings, untrained)
     test = TestSet.load(category, config.image_size)
     rows, scores, maps = [], [], {}
     for name, model in models.items():
         run = evaluate_detector(RegADMethod(model, config, name=name), category, support_sets, test, settings.metrics,
                                 keep=[(k, FIGURE_SET) for k in support_sets], progress=progress)
-        rows += run.rows
+        rows += [{**row, "seed": seed if name == "regad" else None} for row in run.rows]
         for (k, _), kept in sorted(run.kept.items()):
             maps[(name, k)] = kept.maps
             scores.append(pd.DataFrame({"method": name, "shots": k, "support_set": FIGURE_SET, **per_image_scores(kept, test)}))
-    return Evaluation(category, config, pd.DataFrame(rows), pd.concat(scores, ignore_index=True), maps, test, models)
+    return Evaluation(category, seed, config, pd.DataFrame(rows), pd.concat(scores, ignore_index=True), maps, test, models)
+
+
+def model_record(target: str, seed: int) -> dict[str, Any]:
+    """What trained the model of ``(target, seed)``, from its file: seed, epochs, the pool's
+    categories with their image counts and fingerprints (``fsad.methods.regad.training``)."""
+    state = torch.load(layout.model_path(target, seed), map_location="cpu", weights_only=True)
+    return {"target": target, "seed": seed, "epochs": state["config"]["epochs"], "train_categories": state["train_categories"],
+            "train_images": state.get("train_images", {}), "train_fingerprints": state.get("train_fingerprints", {})}
 
 
 def metrics_summary(rows: pd.DataFrame, metrics: Sequence[str], method: str = "regad") -> dict[str, Any]:
@@ -95,13 +112,16 @@ def metrics_summary(rows: pd.DataFrame, metrics: Sequence[str], method: str = "r
 
 
 def write_evaluation(evaluation: Evaluation, metrics: Sequence[str]) -> dict[str, Any]:
-    """Write ``results/<category>/``: results.csv, scores.csv and metrics.json (each atomically)."""
-    folder = layout.results_dir(evaluation.category.name)
+    """Write ``results/<category>/seed<seed>/``: results.csv, scores.csv, metrics.json and
+    model.json (``model_record``: what the report says RegAD was trained on), each atomically."""
+    target, seed = evaluation.category.name, evaluation.seed
+    folder = layout.seed_results_dir(target, seed)
     write_csv_atomic(folder / "results.csv", evaluation.rows)
     write_csv_atomic(folder / "scores.csv", evaluation.scores)
+    write_json_atomic(folder / "model.json", model_record(target, seed))
     summary = metrics_summary(evaluation.rows, metrics)
     write_json_atomic(folder / "metrics.json", summary)
     return summary
 
 
-__all__ = ["Evaluation", "evaluate_target", "metrics_summary", "write_evaluation"]
+__all__ = ["Evaluation", "evaluate_target", "metrics_summary", "model_record", "write_evaluation"]

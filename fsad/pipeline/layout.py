@@ -1,8 +1,8 @@
 """Where every pipeline file lives, derived from the project root (never from the cwd).
 
 Example:
-    >>> model_path("mono").relative_to(ROOT).as_posix()
-    'models/mono/regad.pt'
+    >>> model_path("mono", seed=1).relative_to(ROOT).as_posix()
+    'models/seed1/mono/regad.pt'
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ def train_manifest(category: str) -> Path:
 
 
 def training_set_manifest(target: str) -> Path:
-    """The train files of every category but ``target``: what ``train@<target>`` reads."""
+    """The training pool of ``target`` (the other categories, ``train.train_extra``) and its
+    files: what every ``train@<target>-<seed>`` reads."""
     return PREPARED_DIR / "training_sets" / f"{target}.json"
 
 
@@ -36,18 +37,34 @@ def support_file(category: str) -> Path:
     return SUPPORT_DIR / f"{category}.json"
 
 
-def model_path(category: str) -> Path:
-    """RegAD trained on every category but ``category`` (leave-one-out)."""
+def seed_models_dir(seed: int) -> Path:
+    """The models of training seed ``seed``, one folder per target: ``<category>/regad.pt``
+    (the layout ``fsad.config.ComparisonConfig.regad_models`` reads, so the baselines reuse them)."""
+    return MODELS_DIR / f"seed{seed}"
+
+
+def model_path(category: str, seed: int) -> Path:
+    """RegAD trained with seed ``seed`` on the training pool of ``category`` (never ``category`` itself)."""
     from fsad.methods.regad.training import MODEL_NAME  # imported here: torch stays out of `fsad --help`
 
-    return MODELS_DIR / category / MODEL_NAME
+    return seed_models_dir(seed) / category / MODEL_NAME
 
 
 def results_dir(category: str) -> Path:
-    """Evaluation results of ``category``."""
+    """Results of ``category`` (``registration.csv``; each seed's evaluation in ``seed_results_dir``)."""
     return RESULTS_DIR / category
 
 
+def seed_results_dir(category: str, seed: int) -> Path:
+    """The evaluation of the model of ``category`` trained with seed ``seed``."""
+    return results_dir(category) / f"seed{seed}"
+
+
 def figures_dir(category: str) -> Path:
-    """Figures of ``category``."""
+    """Figures of ``category`` (registration; each seed's evaluation in ``seed_figures_dir``)."""
     return FIGURES_DIR / category
+
+
+def seed_figures_dir(category: str, seed: int) -> Path:
+    """Figures of the evaluation of the model of ``category`` trained with seed ``seed``."""
+    return figures_dir(category) / f"seed{seed}"

@@ -9,10 +9,11 @@ Example:
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fsad.data.mvtec import Category, load_category
+from fsad.data.mvtec import Category, list_categories, load_category
 from fsad.data.support_sets import load_support_sets
 from fsad.paths import ROOT
 from fsad.pipeline import layout
@@ -48,8 +49,30 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def training_set(target: str) -> dict[str, Any]:
-    """``data/prepared/training_sets/<target>.json``: data set, training categories, their files."""
+    """``data/prepared/training_sets/<target>.json``: data set, the pool's categories, their image counts and files."""
     return _read(layout.training_set_manifest(target))
+
+
+def prepared_pool(target: str, train_extra: Sequence[str], train_own: int | None) -> list[Category]:
+    """The training pool of ``target`` that data_prep listed, as categories to train on.
+
+    Built again from the data set and ``train_extra`` / ``train_own`` (``fsad.study.pools``),
+    and checked against the manifest, whose checksums are what DVC reran the stage for.
+
+    Raises:
+        ValueError: the pool differs from the manifest's (``train.train_extra`` or
+            ``train_own`` changed since data_prep ran).
+    """
+    from fsad.study.pools import load_extra, training_pool  # the pool's content is tracked by the manifest
+
+    listed = training_set(target)
+    root = dataset_root(listed["dataset"])
+    others = [load_category(root, name) for name in list_categories(root) if name != target]
+    pool = training_pool(load_category(root, target), others, load_extra(train_extra, base=ROOT), train_own)
+    if [c.name for c in pool] != listed["train_categories"]:
+        raise ValueError(f"{layout.training_set_manifest(target)} lists the pool {listed['train_categories']}, train.train_extra "
+                         f"and train_own give {[c.name for c in pool]}; run the data stage again (dvc repro data_prep)")
+    return pool
 
 
 def prepared_category(name: str) -> Category:
@@ -62,4 +85,4 @@ def prepared_support_sets(category: Category) -> dict[int, list[list[str]]]:
     return load_support_sets(layout.support_file(category.name), category)
 
 
-__all__ = ["dataset_root", "load_manifest", "prepared_category", "prepared_support_sets", "training_set"]
+__all__ = ["dataset_root", "load_manifest", "prepared_category", "prepared_pool", "prepared_support_sets", "training_set"]

@@ -1,7 +1,8 @@
 """Read ``params.yaml``, the single source of every pipeline parameter, through the schema.
 
 Each stage reads its own section here, validated whole before any work: ``section("train")``
-is the ``train`` section as a ``fsad.config.RegADConfig``, ``section("evaluate")`` an
+is the ``train`` section as a ``TrainParams`` (a ``fsad.config.RegADConfig`` with ``seeds``
+instead of ``seed``: ``for_seed(s)`` is the model's config), ``section("evaluate")`` an
 ``EvalSettings``, and so on (``SECTIONS``); the ablations and baselines stages build their
 study from several sections (``ablation_config``, ``comparison_config``). A wrong value
 stops the stage at its first cell, naming the key:
@@ -21,7 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, create_model
 
 from fsad.config import (
     AblationConfig,
@@ -38,14 +39,15 @@ from fsad.config import (
     RegADConfig,
     ResADSettings,
     Seed,
+    Seeds,
     Settings,
     Shots,
     StnModes,
     names,
     read_yaml,
 )
-from fsad.paths import MODELS_DIR, ROOT
-from fsad.pipeline.layout import PARAMS_FILE, SUPPORT_DIR
+from fsad.paths import ROOT
+from fsad.pipeline.layout import PARAMS_FILE, SUPPORT_DIR, seed_models_dir
 
 
 def _support_sources() -> tuple[str, ...]:
@@ -75,6 +77,26 @@ class SupportParams(Settings):
     n_sets: Positive
     seed: Seed
     source: Annotated[str, names("support source", _support_sources)]
+
+
+class _SeededRegAD(Settings):
+    """What ``TrainParams`` adds to RegAD's fields: one model config per seed."""
+
+    def for_seed(self, seed: int) -> RegADConfig:
+        """The settings of the model trained with ``seed`` (every field but ``seeds``, and ``seed``)."""
+        values = {k: v for k, v in dict(self).items() if k != "seeds"}
+        return RegADConfig.from_dict({**values, "seed": seed}, source="params.yaml", at="train")
+
+
+# ``train``: RegADConfig's fields but ``seed``, and ``seeds``: the pipeline trains one model per
+# (target, seed) (a matrix stage), so Table 1 shows the training noise beside the support sets'.
+# A ``seed:`` key is refused by name (``unknown key 'train.seed'``), never silently one seed.
+TrainParams = create_model(
+    "TrainParams", __base__=_SeededRegAD, __module__=__name__,
+    __doc__="``train``: every RegAD setting (``fsad.config.RegADConfig``) but ``seed``; ``seeds``: one model each.",
+    seeds=(Seeds, ...),
+    **{name: (info.annotation, info) for name, info in RegADConfig.model_fields.items() if name != "seed"},
+)
 
 
 class ReportParams(Settings):
@@ -113,7 +135,7 @@ class BaselineParams(Settings):
 SECTIONS: dict[str, type[Settings]] = {
     "data": DataParams,
     "support": SupportParams,
-    "train": RegADConfig,
+    "train": TrainParams,
     "evaluate": EvalSettings,
     "report": ReportParams,
     "ablations": AblationParams,
@@ -176,16 +198,17 @@ def rooted_dataset(dataset: str) -> str:
 
 def ablation_config(path: Path = PARAMS_FILE) -> AblationConfig:
     """The ablation study of the ``ablations`` stage: the data and support sets of data_prep,
-    the ``train`` settings (but ``ablations.epochs`` and ``batches_per_epoch``) with the
-    evaluation's ``eps`` and ``blur_sigma``, every variant on the first ``ablations.n_sets`` sets."""
+    the ``train`` settings of the first of ``train.seeds`` (but ``ablations.epochs`` and
+    ``batches_per_epoch``) with the evaluation's ``eps`` and ``blur_sigma``, every variant on
+    the first ``ablations.n_sets`` sets."""
     data = section("data", path)
     support = section("support", path)
     train = section("train", path)
     evaluate = section("evaluate", path)
     ablations = section("ablations", path)
     _within_support("ablations", ablations.n_sets, support.n_sets, path)
-    regad = train.replace(epochs=ablations.epochs, batches_per_epoch=ablations.batches_per_epoch,
-                          eps=evaluate.eps, blur_sigma=evaluate.blur_sigma)
+    regad = train.for_seed(train.seeds[0]).replace(epochs=ablations.epochs, batches_per_epoch=ablations.batches_per_epoch,
+                                                   eps=evaluate.eps, blur_sigma=evaluate.blur_sigma)
     return AblationConfig(dataset=rooted_dataset(data.dataset), categories=data.categories, shots=support.shots, k_sweep=ablations.k_sweep,
                           n_sets=ablations.n_sets, support_seed=support.seed, metrics=ablations.metrics,
                           stn_modes=ablations.stn_modes, stn_lr_factor=ablations.stn_lr_factor, identity_penalty=ablations.identity_penalty,
@@ -194,24 +217,25 @@ def ablation_config(path: Path = PARAMS_FILE) -> AblationConfig:
 
 def comparison_config(path: Path = PARAMS_FILE) -> ComparisonConfig:
     """The comparison of the ``baselines`` stage: the data and support sets of data_prep, the
-    models of the ``train`` stage (reused) with the evaluation's ``eps`` and ``blur_sigma``,
-    and the peers' settings of ``baselines``."""
+    models of the ``train`` stage of the first of ``train.seeds`` (reused) with the
+    evaluation's ``eps`` and ``blur_sigma``, and the peers' settings of ``baselines``."""
     data = section("data", path)
     support = section("support", path)
     train = section("train", path)
     evaluate = section("evaluate", path)
     baselines = section("baselines", path)
     _within_support("baselines", baselines.n_sets, support.n_sets, path)
+    seed = train.seeds[0]
     return ComparisonConfig(
         dataset=rooted_dataset(data.dataset), categories=data.categories, shots=support.shots, n_sets=baselines.n_sets,
         support_seed=support.seed, metrics=baselines.metrics, methods=baselines.methods,
-        regad=train.replace(eps=evaluate.eps, blur_sigma=evaluate.blur_sigma),
-        regad_models=str(MODELS_DIR), support_dir=str(SUPPORT_DIR),
+        regad=train.for_seed(seed).replace(eps=evaluate.eps, blur_sigma=evaluate.blur_sigma),
+        regad_models=str(seed_models_dir(seed)), support_dir=str(SUPPORT_DIR),
         padim={"n_channels": baselines.padim_channels}, patchcore={"coreset_ratio": baselines.coreset_ratio},
         resad=ResADSettings(steps=baselines.resad_steps), regad_l={"epochs": baselines.regad_l_epochs},
         cost_images=baselines.cost_images,
     )
 
 
-__all__ = ["SECTIONS", "AblationParams", "BaselineParams", "DataParams", "ReportParams", "SupportParams",
+__all__ = ["SECTIONS", "AblationParams", "BaselineParams", "DataParams", "ReportParams", "SupportParams", "TrainParams",
            "ablation_config", "comparison_config", "load_params", "section"]

@@ -1,5 +1,9 @@
 """Paper-style tables from per-support-set results: category x K, mean +- std over support sets.
 
+Results of several training seeds (a ``seed`` column: the pipeline trains RegAD once per
+seed) give two spreads: over the support sets (of the seeds' mean per set) and over the
+seeds (of each seed's mean over the sets), side by side in Table 1.
+
 Example:
     >>> summary = summarize(results, ["image_auroc", "pixel_auroc"])  # doctest: +SKIP
     >>> long = table1_long(summary, "regad", paper=paper_numbers("mvtec_ad"))  # doctest: +SKIP
@@ -14,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 MEAN_ROW = "mean"
+SEED = "seed"  # the training seed of a row's model; empty for a method without training (the untrained network)
 
 
 def category_mean_per_set(results: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
@@ -33,18 +38,46 @@ def summarize(results: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
     The ``mean`` row averages the categories within each support set first, then takes
     mean and std over the support sets (so its std is that of the benchmark mean).
     Missing metrics (NaN, e.g. pixel metrics of a category without masks) are skipped.
+    With a ``seed`` column, each support set's score is first averaged over the seeds (the
+    support-set spread is not inflated by the training noise), and the seeds' spread is
+    added (:func:`seed_spread`).
 
     Returns:
-        Columns method, category, shots, and ``<metric>_mean``, ``<metric>_std`` per metric.
+        Columns method, category, shots, ``<metric>_mean``, ``<metric>_std`` per metric, and
+        with seeds ``seeds`` and ``<metric>_seed_std`` (NaN for a method of one seed or none).
     """
     keys = ["method", "category", "shots"]
-    per_set = results[[*keys, "support_set", *metrics]]
+    per_set = results.groupby([*keys, "support_set"], sort=False)[list(metrics)].mean().reset_index()  # the seeds' mean
     overall = category_mean_per_set(per_set, metrics).reset_index()
     overall["category"] = MEAN_ROW
     both = pd.concat([per_set, overall], ignore_index=True)
     grouped = both.groupby(keys, sort=False)[list(metrics)]
-    table = grouped.mean().add_suffix("_mean").join(grouped.std(ddof=1).fillna(0.0).add_suffix("_std"))
-    return table.reset_index()
+    table = grouped.mean().add_suffix("_mean").join(grouped.std(ddof=1).fillna(0.0).add_suffix("_std")).reset_index()
+    if SEED in results:
+        table = table.merge(seed_spread(results, metrics), on=keys, how="left")
+    return table
+
+
+def seed_spread(results: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
+    """The training noise: std over seeds of each seed's mean over the support sets, per (method, category, shots).
+
+    The ``mean`` category averages the categories within each (seed, support set) first.
+    Rows without a seed (the untrained network) are left out; one seed gives NaN, not 0:
+    its spread is unknown.
+
+    Args:
+        results: One row per (method, category, shots, seed, support_set) with the metrics.
+
+    Returns:
+        Columns method, category, shots, ``seeds`` (how many) and ``<metric>_seed_std``.
+    """
+    seeded = results.dropna(subset=[SEED])
+    overall = seeded.groupby(["method", "shots", SEED, "support_set"])[list(metrics)].mean().reset_index().assign(category=MEAN_ROW)
+    both = pd.concat([seeded, overall], ignore_index=True)
+    per_seed = both.groupby(["method", "category", "shots", SEED], sort=False)[list(metrics)].mean()
+    grouped = per_seed.groupby(level=["method", "category", "shots"], sort=False)
+    spread = grouped.std(ddof=1).add_suffix("_seed_std")
+    return spread.assign(seeds=grouped.size()).reset_index()
 
 
 def pivot_text(summary: pd.DataFrame, metrics: Sequence[str], method: str, scale: float = 100.0) -> pd.DataFrame:
@@ -129,20 +162,23 @@ def table1_long(summary: pd.DataFrame, method: str, metrics: Sequence[str] = TAB
             shots and one per metric; ``None`` for a data set the paper did not use.
 
     Returns:
-        Columns category, shots, metric, mean, std, and with ``paper`` also paper and diff
-        (ours minus the paper's; NaN where the paper has no number).
+        Columns category, shots, metric, mean, std, for a method of training seeds also
+        seed_std (:func:`seed_spread`; NaN for one seed), and with ``paper`` also paper and diff (ours minus the
+        paper's; NaN where the paper has no number).
     """
     part = summary[summary["method"] == method]
     if part.empty:
         raise ValueError(f"fsad/reporting/tables.py: no rows of method {method!r}; methods: {sorted(summary['method'].unique())}")
+    seeded = "seeds" in part and part["seeds"].notna().any()  # a trained method: its seed spread, "-" for one seed
     rows = []
     for metric in metrics:
         if f"{metric}_mean" not in part or part[f"{metric}_mean"].isna().all():
             continue
         for _, row in part.iterrows():
             rows.append({"category": row["category"], "shots": int(row["shots"]), "metric": metric,
-                         "mean": scale * row[f"{metric}_mean"], "std": scale * row[f"{metric}_std"]})
-    long = pd.DataFrame(rows, columns=["category", "shots", "metric", "mean", "std"])
+                         "mean": scale * row[f"{metric}_mean"], "std": scale * row[f"{metric}_std"],
+                         **({"seed_std": scale * row[f"{metric}_seed_std"]} if seeded else {})})
+    long = pd.DataFrame(rows, columns=["category", "shots", "metric", "mean", "std", *(["seed_std"] if seeded else [])])
     if paper is not None:
         reference = paper.melt(id_vars=["category", "shots"], var_name="metric", value_name="paper")
         long = long.merge(reference, on=["category", "shots", "metric"], how="left")
@@ -159,10 +195,12 @@ def _number(value: float, signed: bool = False) -> str:
 def table1_wide(long: pd.DataFrame) -> pd.DataFrame:
     """Category rows x (``K=k``, field) columns of text cells, the paper's layout.
 
-    Fields per K and metric: ``image`` (``mean±std``), and when ``long`` has paper numbers
-    also ``image paper`` and ``image Δ``. The ``mean`` row comes last (none for a single category).
+    Fields per K and metric: ``image`` (``mean±std`` over the support sets), with training
+    seeds ``image seeds`` (``±std`` over the seeds), and when ``long`` has paper numbers also
+    ``image paper`` and ``image Δ``. The ``mean`` row comes last (none for a single category).
     """
     with_paper = "paper" in long
+    with_seeds = "seed_std" in long
     order = row_order(long["category"])
     columns: dict[tuple[str, str], dict[str, str]] = {}
     for shots in sorted(long["shots"].unique()):
@@ -170,6 +208,9 @@ def table1_wide(long: pd.DataFrame) -> pd.DataFrame:
             part = long[(long["shots"] == shots) & (long["metric"] == metric)].set_index("category")
             label = METRIC_LABELS.get(metric, metric)
             columns[(f"K={shots}", label)] = {c: f"{_number(r['mean'])}±{_number(r['std'])}" for c, r in part.iterrows()}
+            if with_seeds:
+                columns[(f"K={shots}", f"{label} seeds")] = {c: "-" if pd.isna(r["seed_std"]) else f"±{_number(r['seed_std'])}"
+                                                            for c, r in part.iterrows()}
             if with_paper:
                 columns[(f"K={shots}", f"{label} paper")] = {c: _number(r["paper"]) for c, r in part.iterrows()}
                 columns[(f"K={shots}", f"{label} Δ")] = {c: _number(r["diff"], signed=True) for c, r in part.iterrows()}

@@ -10,7 +10,7 @@ import pytest
 from fsad.data.toy import make_toy_dataset
 from fsad.pipeline import layout
 from fsad.pipeline.data_prep import prepare_data
-from fsad.pipeline.manifest import prepared_category, prepared_support_sets, training_set
+from fsad.pipeline.manifest import prepared_category, prepared_pool, prepared_support_sets, training_set
 
 
 def manifests(root) -> dict[str, str]:
@@ -59,3 +59,40 @@ def test_official_support_source_reads_the_official_folder(tmp_path, pipeline_ro
         prepare_data(str(one), ["disc"], [2], 1, 0, source="official", progress=False)
     with pytest.raises(ValueError, match="support.source is 'random'"):
         prepare_data(str(one), ["disc"], [2], 1, 0, source="random", progress=False)
+
+
+def test_the_training_manifest_lists_the_pools_categories_and_files(toy_root, pipeline_root, tmp_path):
+    """train@<target>-<seed> depends on its pool's manifest: an extra category's image change reruns it."""
+    data = make_toy_dataset(tmp_path / "own", categories=("disc", "ring"), n_train=4, size=32)
+    textures = tmp_path / "textures"  # a folder of class folders (dtd-mini's layout): each class a category
+    for name in ("banded", "dotted"):
+        (textures / name).mkdir(parents=True)
+        for i in range(6):  # 5 train, the last sixth spare (fsad.study.pools)
+            shutil.copy(toy_root / "stripes" / "train" / "good" / f"{i:03d}.png", textures / name / f"{i}.png")
+    prepare_data(str(data), ["disc"], [2], 1, 0, progress=False, train_extra=[str(textures), "toy/stripes"])
+    listed = training_set("disc")
+    assert listed["train_categories"] == ["ring", "textures/banded", "textures/dotted", "toy/stripes"]
+    assert listed["images"] == {"ring": 4, "textures/banded": 5, "textures/dotted": 5, "toy/stripes": 12}
+    assert sorted(listed["files"]["textures/banded"]) == [f"{i}.png" for i in range(5)]  # the spare image never trains
+    assert len(listed["files"]["toy/stripes"]) == 12 and len(listed["files"]["ring"]) == 4
+    before = manifests(pipeline_root)
+    shutil.copy(toy_root / "disc" / "train" / "good" / "000.png", textures / "dotted" / "2.png")
+    prepare_data(str(data), ["disc"], [2], 1, 0, progress=False, train_extra=[str(textures), "toy/stripes"])
+    assert {k for k, v in manifests(pipeline_root).items() if before[k] != v} == {"training_sets/disc.json"}
+    assert [c.name for c in prepared_pool("disc", [str(textures), "toy/stripes"], None)] == listed["train_categories"]
+
+
+def test_train_own_limits_the_data_sets_categories_and_the_pool_never_holds_the_target(toy_root, pipeline_root):
+    prepare_data(str(toy_root), ["disc", "ring"], [2], 1, 0, progress=False, train_extra=[str(toy_root)], train_own=1)
+    # the data set again as an extra source: the same folders count once, the target never
+    assert training_set("disc")["train_categories"] == ["ring", f"{toy_root.name}/stripes"]
+    assert training_set("ring")["train_categories"] == ["disc", f"{toy_root.name}/stripes"]
+
+
+def test_a_pool_that_changed_since_data_prep_is_refused_by_name(toy_root, pipeline_root):
+    prepare_data(str(toy_root), ["disc"], [2], 1, 0, progress=False)
+    with pytest.raises(ValueError, match=r"training_sets/disc\.json lists the pool \['ring', 'stripes'\], train\.train_extra "
+                                         r"and train_own give \['ring'\]; run the data stage again"):
+        prepared_pool("disc", [], 1)
+    with pytest.raises(FileNotFoundError, match="train_extra: 'nowhere' is neither a data set"):
+        prepare_data(str(toy_root), ["disc"], [2], 1, 0, progress=False, train_extra=["nowhere"])

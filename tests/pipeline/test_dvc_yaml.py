@@ -25,6 +25,7 @@ STAGES = sorted(DVC["stages"])
 OWN_SECTIONS = {"data_prep": ("data", "support"), "train": ("train",), "evaluate": ("evaluate",), "report": ("report",),
                 "ablations": ("ablations",), "baselines": ("baselines",)}
 INJECTED = re.compile(r"-p (\w+) (\S+)")
+INTERPOLATED = re.compile(r"\$\{([\w.]+)(?:\[(\d+)\])?\}")  # ${train.seeds}, ${train.seeds[0]}, ${item.seed}
 # Where a stage runs, not what it makes: read by stages, declared by none (a new device reruns nothing).
 DEVICES = {f"{section}.device" for section, keys in PARAMS.items() if "device" in keys}
 
@@ -32,6 +33,20 @@ DEVICES = {f"{section}.device" for section, keys in PARAMS.items() if "device" i
 def stage_body(name: str) -> dict:
     stage = DVC["stages"][name]
     return stage["do"] if "foreach" in stage else stage
+
+
+def items(name: str) -> dict[str, tuple[str, str]]:
+    """``{placeholder: (notebook parameter, params.yaml key it runs over)}`` of a foreach stage
+    (``${item}``: the category) or a matrix stage (``${item.seed}``: the seed, ...)."""
+    stage = DVC["stages"][name]
+    if "foreach" in stage:
+        return {"${item}": ("category", INTERPOLATED.fullmatch(stage["foreach"]).group(1))}
+    return {f"${{item.{k}}}": (k, INTERPOLATED.fullmatch(v).group(1)) for k, v in stage.get("matrix", {}).items()}
+
+
+def iterated(name: str) -> set[str]:
+    """The params.yaml keys a foreach or matrix stage runs over: each of its stages reads one value, injected, not the list."""
+    return {key for _, key in items(name).values()}
 
 
 def notebook_of(name: str):
@@ -96,24 +111,34 @@ def test_section_reads_tell_fields_from_whole_sections():
 
 def test_every_interpolated_key_exists_in_params_yaml():
     text = (ROOT / "dvc.yaml").read_text()
-    keys = set(re.findall(r"\$\{([\w.]+)\}", text)) - {"item"}
+    keys = {(key, index) for key, index in INTERPOLATED.findall(text) if key.split(".")[0] != "item"}
     assert keys, "dvc.yaml interpolates nothing: the test would pass vacuously"
-    for key in sorted(keys):
+    for key, index in sorted(keys):
         value = PARAMS
         for part in key.split("."):
             value = value[part]  # KeyError names the missing key
+        if index:
+            assert int(index) < len(value), f"dvc.yaml: ${{{key}[{index}]}}: params.yaml's {key} has {len(value)} entries"
+
+
+# What a stage may inject beyond its items: the first training seed (the model support_estimation
+# shows; the evaluate stage that also scores the untrained network). Its cmd changes with it.
+FIRST_SEED = "${train.seeds[0]}"
 
 
 @pytest.mark.parametrize("name", STAGES)
-def test_only_the_foreach_item_is_injected(name):
-    """Settings come from params.yaml through the schema; a foreach stage passes its category, nothing else does."""
+def test_only_the_stage_items_are_injected(name):
+    """Settings come from params.yaml through the schema; a foreach or matrix stage passes its
+    items (category, seed) and at most the first seed, nothing else does, and the notebook's
+    parameters cell holds exactly what is injected."""
     injected = INJECTED.findall(stage_body(name)["cmd"])
     cells = parameters_cells(name)
-    if "foreach" in DVC["stages"][name]:
-        assert injected == [("category", "${item}")], f"{name}: inject only the category, got {injected}"
+    if items(name):
+        wanted = [(parameter, placeholder) for placeholder, (parameter, _) in items(name).items()]
+        assert [i for i in injected if i[1] != FIRST_SEED] == wanted, f"{name}: inject {wanted}, got {injected}"
         assert len(cells) == 1, f"{notebook_of(name)} needs exactly one cell tagged 'parameters'"
         assigned = [t.id for node in ast.parse(cells[0]).body for t in node.targets]
-        assert assigned == ["category"], f"{notebook_of(name)}: the parameters cell must hold only category, not {assigned}"
+        assert assigned == [n for n, _ in injected], f"{notebook_of(name)}: the parameters cell must hold {injected}, not {assigned}"
     else:
         assert injected == [] and cells == [], f"{name}: read settings with fsad.pipeline.params, not papermill parameters"
 
@@ -127,13 +152,16 @@ def test_declared_params_are_exactly_the_keys_the_stage_reads(name):
     read = stage_reads(name)
     assert read, f"{name}: its notebook reads no section of params.yaml"
     assert not expand(declared) & DEVICES, f"{name}: declares a device; where a stage runs must not rerun it"
-    assert expand(read) - DEVICES == expand(declared), (f"{name}: the notebook reads {sorted(expand(read) - DEVICES)} "
-                                                        f"(devices aside), dvc.yaml declares {sorted(expand(declared))}")
+    # A matrix stage (train@mono-1) reads its own seed, injected: the list train.seeds is not its parameter.
+    own = DEVICES | iterated(name)
+    assert not expand(declared) & iterated(name), f"{name}: declares a key it iterates over"
+    assert expand(read) - own == expand(declared), (f"{name}: the notebook reads {sorted(expand(read) - own)} "
+                                                    f"(devices and iterated keys aside), dvc.yaml declares {sorted(expand(declared))}")
 
 
 @pytest.mark.parametrize("name", sorted(OWN_SECTIONS))
 def test_every_key_of_a_stages_section_is_in_its_params(name):
-    declared = expand(stage_body(name).get("params", []))
+    declared = expand(stage_body(name).get("params", [])) | iterated(name)
     for section in OWN_SECTIONS[name]:
         missing = sorted(f"{section}.{key}" for key in PARAMS[section] if f"{section}.{key}" not in declared | DEVICES)
         assert not missing, f"{name}: add {missing} to its params: in dvc.yaml (or remove them from params.yaml)"
@@ -180,23 +208,32 @@ def test_evaluate_runs_on_its_device_whatever_the_model_was_trained_on():
     assert EvalSettings(device="cpu").apply(trained_on_gpu).device == "cpu"
 
 
-def test_per_category_outputs_are_where_the_code_writes_them():
-    item = "somecategory"
-    train_outs = [o.replace("${item}", item) for o in stage_body("train")["outs"]]
-    assert layout.model_path(item).relative_to(ROOT).as_posix() in train_outs
-    evaluate = stage_body("evaluate")
-    assert layout.training_set_manifest(item).relative_to(ROOT).as_posix() in [
-        d.replace("${item}", item) for d in stage_body("train")["deps"]]
-    assert (layout.results_dir(item) / "metrics.json").relative_to(ROOT).as_posix() in [
-        m.replace("${item}", item) for m in evaluate["metrics"]]
-    assert layout.support_file(item).relative_to(ROOT).as_posix() in [d.replace("${item}", item) for d in evaluate["deps"]]
+def test_per_category_and_seed_outputs_are_where_the_code_writes_them():
+    item, seed, first = "somecategory", 7, PARAMS["train"]["seeds"][0]
+
+    def paths(name: str, kind: str) -> list[str]:
+        return [p.replace("${item.category}", item).replace("${item}", item).replace("${item.seed}", str(seed))
+                .replace(FIRST_SEED, str(first)) for p in stage_body(name)[kind]]
+
+    def relative(path):
+        return path.relative_to(ROOT).as_posix()
+
+    assert relative(layout.model_path(item, seed)) in paths("train", "outs")
+    assert relative(layout.training_set_manifest(item)) in paths("train", "deps")
+    assert relative(layout.model_path(item, seed)) in paths("evaluate", "deps")
+    assert relative(layout.model_path(item, first)) in paths("support_estimation", "deps")
+    assert relative(layout.seed_results_dir(item, seed) / "metrics.json") in paths("evaluate", "metrics")
+    assert {relative(layout.seed_results_dir(item, seed) / f) for f in ("results.csv", "scores.csv", "model.json")} <= set(paths("evaluate", "outs"))
+    assert relative(layout.support_file(item)) in paths("evaluate", "deps")
+    # the baselines reuse the first seed's models: their folder is a dependency
+    assert relative(layout.seed_models_dir(first)) in paths("baselines", "deps")
 
 
 @pytest.mark.parametrize("name", STAGES)
 def test_a_stage_declares_what_fsad_notebook_writes_its_log_included(name):
     """DVC caches, restores and git-ignores the executed notebook, its HTML and its log alike."""
-    command = stage_body(name)["cmd"]
-    tag = "${item}" if "--tag ${item}" in command else None
+    tag = re.search(r"--tag (\S+)", stage_body(name)["cmd"])
+    tag = tag.group(1) if tag else None
     written = [p.relative_to(ROOT).as_posix() for p in output_paths(notebook_of(name).stem, tag)]
     assert [p for p in written if p not in stage_body(name)["outs"]] == []
 
@@ -206,7 +243,9 @@ def test_study_stages_read_the_support_sets_of_data_prep():
         assert "data/support_sets" in stage_body(name)["deps"]
 
 
-def test_foreach_stages_iterate_over_the_target_categories():
-    for name in ("train", "support_estimation", "evaluate"):
-        assert DVC["stages"][name]["foreach"] == "${data.categories}"
+def test_per_target_stages_iterate_over_the_categories_and_the_trained_ones_over_the_seeds():
+    assert DVC["stages"]["support_estimation"]["foreach"] == "${data.categories}"
+    for name in ("train", "evaluate"):
+        assert DVC["stages"][name]["matrix"] == {"category": "${data.categories}", "seed": "${train.seeds}"}
     assert isinstance(PARAMS["data"]["categories"], list) and PARAMS["data"]["categories"]
+    assert len(PARAMS["train"]["seeds"]) >= 3, "Table 1's seed spread needs several training seeds"

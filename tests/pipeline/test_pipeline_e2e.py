@@ -27,7 +27,7 @@ GIT_ENV = {"GIT_AUTHOR_NAME": "fsad test", "GIT_AUTHOR_EMAIL": "test@example.inv
            "GIT_COMMITTER_NAME": "fsad test", "GIT_COMMITTER_EMAIL": "test@example.invalid"}
 TOY = {"data": {"dataset": "toy", "categories": ["disc", "ring"]},
        "support": {"shots": [2, 4], "n_sets": 2},
-       "train": {"image_size": 64, "epochs": 1, "batch_size": 8},
+       "train": {"image_size": 64, "epochs": 1, "batch_size": 8, "seeds": [0, 1]},
        "evaluate": {"untrained_baseline": False}}
 
 
@@ -68,14 +68,14 @@ def project(tmp_path_factory) -> Path:
 def test_repro_status_and_one_parameter(project):
     # `report` and everything upstream of it: the RegAD pipeline (ablations and baselines have their own tests)
     ran = stages_run(run("dvc", "repro", "report", cwd=project).stdout)
-    assert ran == {"data_prep", "train@disc", "train@ring", "support_estimation@disc", "support_estimation@ring",
-                   "evaluate@disc", "evaluate@ring", "report"}
+    assert ran == {"data_prep", "train@disc-0", "train@disc-1", "train@ring-0", "train@ring-1", "support_estimation@disc",
+                   "support_estimation@ring", "evaluate@disc-0", "evaluate@disc-1", "evaluate@ring-0", "evaluate@ring-1", "report"}
     assert "up to date" in run("dvc", "status", "report", cwd=project).stdout
     metrics = run("dvc", "metrics", "show", cwd=project).stdout
-    assert "results/disc/metrics.json" in metrics and "K2.pixel_auroc" in metrics and "K4.aupro" in metrics
+    assert "results/disc/seed1/metrics.json" in metrics and "K2.pixel_auroc" in metrics and "K4.aupro" in metrics
     assert (project / "reports" / "table1.tex").is_file() and (project / "reports" / "html" / "04_evaluation_ring.html").is_file()
     ran = stages_run(run("dvc", "exp", "run", "-S", "evaluate.blur_sigma=2", "report", cwd=project).stdout)
-    assert ran == {"evaluate@disc", "evaluate@ring", "report"}
+    assert ran == {"evaluate@disc-0", "evaluate@disc-1", "evaluate@ring-0", "evaluate@ring-1", "report"}
     assert "up to date" in run("dvc", "status", "report", cwd=project).stdout
     # Where a stage runs is not what it makes (issue 22): a new device reruns nothing.
     ran = stages_run(run("dvc", "exp", "run", "-S", "train.device=cpu", "-S", "evaluate.device=cpu", "report", cwd=project).stdout)
@@ -85,7 +85,7 @@ def test_repro_status_and_one_parameter(project):
 def test_queue_runs_categories_in_parallel_and_fills_the_run_cache(project):
     """Depends on the previous test's trained models being in the cache (module order)."""
     for category in ("disc", "ring"):
-        run("dvc", "exp", "run", "--queue", "-S", "evaluate.blur_sigma=3", f"evaluate@{category}", cwd=project)
+        run("dvc", "exp", "run", "--queue", "-S", "evaluate.blur_sigma=3", f"evaluate@{category}-0", f"evaluate@{category}-1", cwd=project)
     run("dvc", "queue", "start", "-j", "2", cwd=project)
     deadline = time.time() + 900
     while time.time() < deadline:
@@ -96,4 +96,4 @@ def test_queue_runs_categories_in_parallel_and_fills_the_run_cache(project):
     assert status.count("Success") == 2, status
     output = run("dvc", "exp", "run", "-S", "evaluate.blur_sigma=3", "report", cwd=project).stdout
     assert stages_run(output) == {"report"}, output  # both evaluations come from the run-cache
-    assert "Stage 'evaluate@disc' is cached - skipping run" in output
+    assert "Stage 'evaluate@disc-0' is cached - skipping run" in output

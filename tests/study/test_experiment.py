@@ -13,6 +13,7 @@ from fsad.config import ExperimentConfig, RegADConfig
 from fsad.data.mvtec import load_category
 from fsad.methods.regad.training import MODEL_NAME, train_regad
 from fsad.paths import ROOT
+from fsad.pipeline.params import TrainParams
 from fsad.study.experiment import run_experiment
 
 TINY = RegADConfig(pretrained=False, image_size=32, epochs=1, batch_size=4, train_shots=(2,), lr=0.001, device="cpu")
@@ -100,5 +101,6 @@ def test_default_config_matches_the_pipeline_params():
     params = committed("params.yaml")
     assert config.dataset == params["data"]["dataset"] == "elpv"
     assert list(config.shots) == params["support"]["shots"] and config.n_sets == params["support"]["n_sets"]
-    pipeline = RegADConfig.from_dict({**params["train"], **{k: params["evaluate"][k] for k in ("eps", "blur_sigma", "augment_support")}})
-    assert config.regad == pipeline
+    train = TrainParams.from_dict(params["train"])
+    pipeline = train.for_seed(train.seeds[0]).replace(**{k: params["evaluate"][k] for k in ("eps", "blur_sigma", "augment_support")})
+    assert config.regad == pipeline  # the pipeline's first seed

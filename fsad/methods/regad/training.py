@@ -177,6 +177,7 @@ def train_regad(
     checkpoint_path = out_dir / CHECKPOINT_NAME
     names = [c.name for c in categories]
     fingerprints = training_fingerprints(categories)
+    counts = {c.name: len(c.train) for c in categories}  # recorded: what trained the model, readable without the data
     # Not checked against ``config``'s architecture on loading: any difference (image size and backbone
     # included) is a training of other settings, started over below like any other.
     state = load_checkpoint(checkpoint_path) if resume and checkpoint_path.is_file() else None
@@ -236,11 +237,12 @@ def train_regad(
                 "history": history,
                 "train_categories": names,
                 "train_fingerprints": fingerprints,
+                "train_images": counts,
             },
             checkpoint_path,
         )
     save_atomic({"config": config.to_dict(), "model": model.state_dict(), "history": history, "train_categories": names,
-                 "train_fingerprints": fingerprints}, out_dir / MODEL_NAME)
+                 "train_fingerprints": fingerprints, "train_images": counts}, out_dir / MODEL_NAME)
     if monitor is not None:
         write_csv_atomic(out_dir / EPOCHS_CSV, pd.DataFrame(history))
     return model.eval()
