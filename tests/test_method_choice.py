@@ -16,7 +16,7 @@ from fsad.methods.registry import DETECTORS, Entry, load_detector
 from fsad.product import selection
 
 
-def _blind(regad, options, model_path):
+def _blind(regad, options, model_path, backbone):
     """padim_views that gives every image the same score: it cannot tell a defect from a good part."""
     detector = DETECTORS["padim_views"].build(regad, options, model_path)
     detector.name = "blind"
