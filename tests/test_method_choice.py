@@ -18,7 +18,7 @@ from fsad.product import selection
 
 def _blind(regad, options, model_path, backbone):
     """padim_views that gives every image the same score: it cannot tell a defect from a good part."""
-    detector = DETECTORS["padim_views"].build(regad, options, model_path)
+    detector = DETECTORS["padim_views"].build(regad, options, model_path, backbone)
     detector.name = "blind"
     fitted = detector.predict_embedded
     detector.predict_embedded = lambda embedded: Scores(fitted(embedded).maps, torch.zeros(len(embedded[0])))
