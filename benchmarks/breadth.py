@@ -123,21 +123,22 @@ def epoch_choice(history: pd.DataFrame) -> pd.DataFrame:
 
 def figure(table: pd.DataFrame, by_category: pd.DataFrame, path: Path) -> None:
     """Image AUROC gain over the untrained network against pool size: the category mean (± std over the support
-    sets) per method, and the last epoch per category; one panel per K."""
+    sets) per method, and the last epoch per category, of the first training seed; one panel per K."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    image = table[table["metric"] == "image_auroc"]
+    image = table[(table["metric"] == "image_auroc") & (table["seed"] == table["seed"].min())]  # one seed: the same targets everywhere
     shots = sorted(image["shots"].unique())
     fig, axes = plt.subplots(1, len(shots), figsize=(4.2 * len(shots), 3.6), sharey=True, squeeze=False)
     for ax, k in zip(axes[0], shots):
         for method, label in METHODS.items():
             part = image[(image["method"] == method) & (image["shots"] == k)].groupby("pool")[["gain", "std"]].mean()
             if not part.empty:
-                ax.errorbar(part.index, part["gain"], yerr=part["std"], marker="o", capsize=3, label=f"mean, {label}")
-        for category, part in by_category[(by_category["method"] == "regad") & (by_category["shots"] == k)].groupby("category"):
+                ax.errorbar(part.index, part["gain"], yerr=part["std"], marker="o", capsize=3, label=f"mean, {label}, seed {int(image['seed'].min())}")
+        first = by_category[(by_category["method"] == "regad") & (by_category["shots"] == k) & (by_category["seed"] == by_category["seed"].min())]
+        for category, part in first.groupby("category"):
             part = part.groupby("pool")["mean"].mean()
             ax.plot(part.index, part.values, ls=":", marker=".", alpha=0.7, label=f"{category}, last epoch")
         ax.axhline(0, color="grey", lw=0.8)
