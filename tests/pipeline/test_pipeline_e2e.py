@@ -73,7 +73,7 @@ def test_repro_status_and_one_parameter(project):
     assert "up to date" in run("dvc", "status", "report", cwd=project).stdout
     metrics = run("dvc", "metrics", "show", cwd=project).stdout
     assert "results/disc/seed1/metrics.json" in metrics and "K2.pixel_auroc" in metrics and "K4.aupro" in metrics
-    assert (project / "reports" / "table1.tex").is_file() and (project / "reports" / "html" / "04_evaluation_ring.html").is_file()
+    assert (project / "reports" / "table1.tex").is_file() and (project / "reports" / "html" / "04_evaluation_ring-0.html").is_file()
     ran = stages_run(run("dvc", "exp", "run", "-S", "evaluate.blur_sigma=2", "report", cwd=project).stdout)
     assert ran == {"evaluate@disc-0", "evaluate@disc-1", "evaluate@ring-0", "evaluate@ring-1", "report"}
     assert "up to date" in run("dvc", "status", "report", cwd=project).stdout
