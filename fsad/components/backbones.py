@@ -29,7 +29,7 @@ from torch import nn
 from torch.fx.experimental.optimization import fuse
 from torch.fx.proxy import TraceError
 
-from fsad.components.runtime import OnnxFeatures, resolve_runtime
+from fsad.components.runtime import OnnxFeatures, graph_features, resolve_runtime
 from fsad.components.weights import MissingWeightsError, WeightSource, locate_weights
 
 __all__ = ["BACKBONES", "BackboneSpec", "FeatureExtractor", "MissingWeightsError", "ModuleSnapshot", "build_backbone",
@@ -68,6 +68,8 @@ class FeatureExtractor(nn.Module):
     # Where test-time features run (``fsad.components.runtime``); the registry sets the
     # detector's setting, a bare extractor (training, the tests' references) runs eagerly.
     runtime: str = "torch"
+    # "bf16": test-time features in bfloat16 (the runtime's bf16, or torch.autocast), only when asked.
+    precision: str = "fp32"
 
     def __init__(
         self,
@@ -103,11 +105,16 @@ class FeatureExtractor(nn.Module):
         """Normalise ``images`` (B x 3 x H x W in [0, 1]) and return the three stage outputs.
 
         In eval mode without gradients, on the CPU, with ``runtime`` other than ``"torch"``,
-        the outputs come from that runtime (the same numbers to about 1e-5).
+        the outputs come from that runtime (the same numbers to about 1e-5 in fp32). With
+        ``precision`` ``"bf16"`` such test-time features are computed in bfloat16 (that
+        runtime's, else ``torch.autocast`` on the images' device) and returned as float32.
         """
         accelerated = self._accelerated(images)
         if accelerated is not None:
             return accelerated(images)
+        if self.precision == "bf16" and self._test_time(images):
+            with torch.autocast(images.device.type, dtype=torch.bfloat16):
+                return [f.float() for f in self.eager(images)]
         return self.eager(images)
 
     def eager(self, images: torch.Tensor) -> list[torch.Tensor]:
@@ -119,23 +126,30 @@ class FeatureExtractor(nn.Module):
             features.append(x)
         return features
 
+    def _test_time(self, images: torch.Tensor) -> bool:
+        """True for test-time features: eval mode, float32 images, no gradients wanted (autograd needs fp32 eager)."""
+        if self.training or images.dtype != torch.float32:
+            return False
+        return not (torch.is_grad_enabled() and (images.requires_grad or any(p.requires_grad for p in self.parameters())))
+
     def _accelerated(self, images: torch.Tensor) -> OnnxFeatures | None:
         """The runtime that computes ``forward(images)``, or None for eager PyTorch (training, gradients, a GPU)."""
-        if self.runtime == "torch" or self.training or images.device.type != "cpu" or images.dtype != torch.float32:
+        if self.runtime == "torch" or images.device.type != "cpu" or not self._test_time(images):
             return None
-        if torch.is_grad_enabled() and (images.requires_grad or any(p.requires_grad for p in self.parameters())):
-            return None
-        if self.__dict__.get("_onnx") is None:
-            if resolve_runtime(self.runtime, "cpu") == "torch":  # not installed: said once, then eager
+        features = self.__dict__.get("_onnx")
+        if features is None or features.precision != self.precision or self.runtime not in ("auto", features.runtime):
+            runtime = resolve_runtime(self.runtime, "cpu", self.precision)
+            if runtime == "torch":  # not installed: said once, then eager
                 self.runtime = "torch"
                 return None
-            self._onnx = OnnxFeatures(EagerStages(self))
+            self._onnx = graph_features(runtime, EagerStages(self), self.precision)
         return self._onnx
 
-    def use_graphs(self, graphs: dict[tuple[int, int], Path]) -> None:
-        """Run test-time features from ``graphs`` (a detector folder's exported files, by H x W) instead of exporting."""
-        self.runtime = "onnxruntime"
-        self._onnx = OnnxFeatures(EagerStages(self), graphs)
+    def use_graphs(self, graphs: dict[tuple[int, int], Path], runtime: str) -> None:
+        """Run test-time features in ``runtime`` from ``graphs`` (a detector folder's exported files, by H x W)
+        instead of exporting."""
+        self.runtime = runtime
+        self._onnx = graph_features(runtime, EagerStages(self), self.precision, graphs)
 
     def __getstate__(self) -> dict:
         # A runtime session neither copies nor pickles (deepcopy for folding, torch.save): rebuilt on use.

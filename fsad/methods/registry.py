@@ -84,6 +84,7 @@ def _backbone(regad: RegADConfig):
         torch.manual_seed(regad.seed)
         backbone = build_backbone(regad.backbone, pretrained=regad.pretrained, normalize=regad.normalize)
     backbone.runtime = regad.runtime  # test-time features only: eager in training and with gradients
+    backbone.precision = regad.precision
     return backbone
 
 
