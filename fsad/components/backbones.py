@@ -18,8 +18,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,6 +145,16 @@ class FeatureExtractor(nn.Module):
                 return None
             self._onnx = graph_features(runtime, EagerStages(self), self.precision)
         return self._onnx
+
+    @contextlib.contextmanager
+    def full_precision(self) -> Iterator[FeatureExtractor]:
+        """Features in fp32 inside the block, whatever ``precision`` says: what a trained head learns from
+        (ResAD's) must not depend on a test-time setting, so a cached model serves both precisions."""
+        precision, self.precision = self.precision, "fp32"
+        try:
+            yield self
+        finally:
+            self.precision = precision
 
     def use_graphs(self, graphs: dict[tuple[int, int], Path], runtime: str) -> None:
         """Run test-time features in ``runtime`` from ``graphs`` (a detector folder's exported files, by H x W)
