@@ -162,7 +162,8 @@ def test_onnxruntime_with_bf16_is_a_config_error(toy_root, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         fsad("fit", toy_root / "disc" / "train" / "good", "--method", "padim", "--config", config, "--out", tmp_path / "d")
     assert exit_.value.code == 2
-    assert "precision: bf16 cannot run in runtime onnxruntime (no bf16 CPU kernels)" in capsys.readouterr().err
+    assert f"{config}: regad" in (err := capsys.readouterr().err)  # the config is refused before any work
+    assert "precision: bf16 cannot run in runtime onnxruntime (no bf16 CPU kernels)" in err
 
 
 def test_without_openvino_export_refuses_and_predict_falls_back(toy_root, tmp_path, monkeypatch, capsys):
