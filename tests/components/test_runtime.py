@@ -212,3 +212,11 @@ def test_every_method_scores_the_same_in_both_runtimes(method, tmp_path, monkeyp
     for name in scores.keys() - {"torch"}:
         torch.testing.assert_close(scores[name].image, scores["torch"].image, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(scores[name].maps, scores["torch"].maps, rtol=1e-4, atol=1e-4)
+
+
+def test_bf16_says_where_it_does_not_apply():
+    """RegAD's registered features run in fp32 PyTorch whatever precision says: the detector says so."""
+    settings = RegADConfig(pretrained=False, image_size=32, device="cpu", precision="bf16")
+    with pytest.warns(UserWarning, match="regad.precision bf16 applies to backbone features; untrained's features run in fp32"):
+        build_detector("untrained", settings, {})
+    assert build_detector("padim", settings, {}).backbone.precision == "bf16"
