@@ -12,7 +12,7 @@ Only the methods whose features are a plain backbone follow ``precision`` (spade
 padim_views, patchcore, fastrecon, anomalydino, resad); RegAD's registered features stay fp32.
 
 Example:
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/precision.py                          # configs/precision_fsad_mini.yaml
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/precision.py                          # configs/compare_precision_fsad_mini.yaml
     .venv/bin/python benchmarks/precision.py --bf16-runtime torch --out runs/precision  # torch.autocast's bf16
 """
 
@@ -44,7 +44,7 @@ def points(results: pd.DataFrame, metrics: list[str], by: list[str]) -> pd.DataF
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=Path("configs/precision_fsad_mini.yaml"))
+    parser.add_argument("--config", type=Path, default=Path("configs/compare_precision_fsad_mini.yaml"))
     parser.add_argument("--out", type=Path, default=Path("runs/precision_fsad_mini"))
     parser.add_argument("--bf16-runtime", default="auto", choices=["auto", "openvino", "torch"])
     parser.add_argument("--threads", type=int, default=1)
