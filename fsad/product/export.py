@@ -24,8 +24,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from fsad.components.backbones import EagerStages, FeatureExtractor
 from fsad.components import runtime as feature_runtime
+from fsad.components.backbones import EagerStages, FeatureExtractor
 from fsad.components.runtime import cached_graph, check_precision, graph_key, resolve_runtime
 from fsad.io import atomic_path, write_json_atomic
 from fsad.methods.registry import RECORD_FILE, load_detector
