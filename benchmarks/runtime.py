@@ -1,8 +1,10 @@
 """Milliseconds per image of the test-time backbone in each runtime, and how far each is from eager fp32.
 
 For each network and image size: eager PyTorch fp32 (the reference; contiguous and
-channels-last input), eager bf16 autocast, and ONNX Runtime fp32 (``fsad.components.runtime``,
-the path ``runtime: auto`` takes). The variants are timed round-robin (``--rounds`` rounds of
+channels-last input), eager bf16 autocast (``runtime: torch, precision: bf16``), ONNX Runtime
+fp32 (``fsad.components.runtime``, the path ``runtime: auto`` takes) and, where ``openvino`` is
+installed, OpenVINO fp32 and bf16 (``runtime: openvino``, ``precision: fp32 | bf16``; bf16 is
+the path ``runtime: auto, precision: bf16`` takes). The variants are timed round-robin (``--rounds`` rounds of
 ``--repeats`` batches each, the median round kept) so a busy machine slows them alike: read
 the ratios, not the absolute times. ``max |diff|`` is the largest absolute difference from
 eager fp32 over the three stages, beside the largest feature magnitude.
@@ -18,14 +20,16 @@ Example:
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 import warnings
+from pathlib import Path
 
 import torch
 
 from fsad.components.backbones import EagerStages, build_backbone
-from fsad.components.runtime import OnnxFeatures
+from fsad.components.runtime import OnnxFeatures, OpenVinoFeatures, openvino_available
 
 
 def variants(network) -> dict:
@@ -36,10 +40,14 @@ def variants(network) -> dict:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return [f.float() for f in network.eager(x)]
 
-    return {"torch fp32": network.eager,
+    runs = {"torch fp32": network.eager,
             "torch fp32 channels-last": lambda x: network.eager(x.contiguous(memory_format=torch.channels_last)),
             "torch bf16 autocast": bf16,
             "onnxruntime fp32": onnx}
+    if openvino_available():
+        for precision in ("fp32", "bf16"):
+            runs[f"openvino {precision}"] = OpenVinoFeatures(EagerStages(network), precision=precision)
+    return runs
 
 
 @torch.no_grad()
@@ -69,6 +77,29 @@ def measure(name: str, size: int, batch: int, repeats: int, rounds: int, pretrai
     return list(rows.values())
 
 
+def cpu_name() -> str:
+    """The CPU's model name and whether it has bf16 instructions (avx512_bf16 / amx_bf16)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "CPU unknown"
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "CPU")
+    bf16 = [flag for flag in ("avx512_bf16", "amx_bf16") if f" {flag}" in info]
+    return f"{name} ({', '.join(bf16) or 'no bf16 instructions'})"
+
+
+def versions() -> str:
+    import importlib.metadata
+
+    found = []
+    for package in ("onnxruntime", "openvino"):
+        try:
+            found.append(f"{package} {importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            found.append(f"no {package}")
+    return ", ".join(found)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--networks", nargs="+", default=["mobilenet_v2", "efficientnet_lite0", "resnet18"])
@@ -81,7 +112,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
-    print(f"torch {torch.__version__}, {args.threads} thread(s), batch {args.batch}, median of {args.rounds} rounds")
+    print(f"{cpu_name()}; torch {torch.__version__}, {versions()}; {args.threads} thread(s), batch {args.batch}, "
+          f"median of {args.rounds} rounds; load average {os.getloadavg()[0]:.1f} at the start")
     print("| network | size | runtime | ms/image | x eager fp32 | max abs diff (feature scale) |")
     print("|---|---|---|---|---|---|")
     for name in args.networks:
@@ -92,6 +124,7 @@ def main() -> None:
                 weights = "" if pretrained else " (random)"
                 print(f"| {row['network']}{weights} | {row['size']} | {row['runtime']} | {row['ms']:.2f} | "
                       f"{row['speedup']:.2f} | {row['max_diff']:.1e} ({row['scale']:.1f}) |", flush=True)
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 
 if __name__ == "__main__":

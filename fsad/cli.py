@@ -298,12 +298,15 @@ def main(argv: list[str] | None = None) -> None:
                         "whichever the detector was fitted on")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("export", help="run a fitted detector's features in ONNX Runtime: writes DETECTOR/features.onnx",
-                       description="Add the detector's backbone graph (features.onnx, same weights) to its folder, so "
-                                   "fsad predict runs its test-time features in ONNX Runtime without exporting anything "
-                                   "(no onnx package, no network on the scoring machine). RegAD and DINOv2 stay in PyTorch.")
+    p = sub.add_parser("export", help="run a fitted detector's features in ONNX Runtime or OpenVINO: writes "
+                                      "DETECTOR/features.onnx or features.xml + .bin",
+                       description="Add the detector's backbone graph (same weights) to its folder, so fsad predict "
+                                   "runs its test-time features in that runtime without exporting anything (no onnx "
+                                   "package, no network on the scoring machine). RegAD and DINOv2 stay in PyTorch.")
     p.add_argument("detector", help="a folder written by fsad fit")
-    p.add_argument("--format", default="onnx", choices=["onnx"], help="the runtime's graph format (default onnx)")
+    p.add_argument("--format", default="onnx", choices=["onnx", "openvino"],
+                   help="onnx: features.onnx for ONNX Runtime (default); openvino: OpenVINO IR features.xml + "
+                        "features.bin (fp32 weights; runs a bf16 detector in bf16)")
     p.set_defaults(func=cmd_export)
 
     from fsad.notebook_runner import add_parser as add_notebook_parser

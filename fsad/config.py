@@ -341,7 +341,12 @@ class RegADConfig(Settings):
             ``sum_i mean_b ||theta_i - I||_F^2``, added to the loss (0: none, the official code).
         runtime: Where the frozen backbone computes test-time features (support views, test
             images; training stays in PyTorch): ``"auto"`` (ONNX Runtime where installed and on
-            the CPU, else PyTorch), ``"onnxruntime"`` or ``"torch"`` (``fsad.components.runtime``).
+            the CPU, else PyTorch; OpenVINO for bf16), ``"onnxruntime"``, ``"openvino"`` or
+            ``"torch"`` (``fsad.components.runtime``).
+        precision: Those test-time features in ``"fp32"`` (eager PyTorch's numbers to ~1e-5) or
+            ``"bf16"`` (OpenVINO's bf16, or ``torch.autocast``; faster on CPUs with bf16 units,
+            its AUROC effect in docs/speed.md); not for ``runtime: onnxruntime``. RegAD's own
+            features (regad, untrained, regad_l) stay fp32.
         train_extra: Categories of other data sets added to the training pool, each a training
             category of its own, never the target (``fsad.study.pools``: ``elpv``, ``toy``,
             ``fsad-mini``, ``dtd-mini``, a folder, or ``SOURCE/CATEGORY``). The model's record
@@ -374,16 +379,24 @@ class RegADConfig(Settings):
     inverse_warp: Literal["composed", "per_stage"] = "composed"
     stn_lr: PositiveFloat | None = None
     stn_identity_penalty: Annotated[float, Field(ge=0)] = 0.0
-    runtime: Literal["auto", "torch", "onnxruntime"] = "auto"
+    runtime: Literal["auto", "torch", "onnxruntime", "openvino"] = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
     train_extra: Pool = ()
     train_own: Count | None = None
+
+    @model_validator(mode="after")
+    def _precision_runs_in_the_runtime(self) -> Self:
+        if self.precision == "bf16" and self.runtime == "onnxruntime":
+            raise _problem_at("bf16 cannot run in runtime onnxruntime (no bf16 CPU kernels); set runtime: openvino, "
+                              "torch or auto, or precision: fp32", "precision")
+        return self
 
 
 # The training pool: the model's record holds its categories and their fingerprints instead.
 POOL_KEYS = ("train_extra", "train_own")
 
 # Settings read only at test time (and where to run): changing them needs no retraining.
-TEST_TIME_KEYS = ("eps", "blur_sigma", "augment_support", "device", "runtime")
+TEST_TIME_KEYS = ("eps", "blur_sigma", "augment_support", "device", "runtime", "precision")
 
 
 def training_settings(config: RegADConfig | dict[str, Any]) -> dict[str, Any]:

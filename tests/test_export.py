@@ -140,3 +140,101 @@ def test_every_cnn_method_scores_alike_from_its_exported_graph(toy_root, tmp_pat
     fast, reference = exported.predict(test), eager.predict(test)
     assert ((fast.image - reference.image).abs() / reference.image.abs()).max() <= 1e-5
     assert (fast.maps - reference.maps).abs().max() <= 1e-5 * reference.maps.abs().max()
+
+
+needs_openvino = pytest.mark.skipif(not runtime.openvino_available(), reason="openvino is not installed "
+                                    "(pip install openvino): --format openvino cannot run")
+
+
+def opened_precisions(monkeypatch) -> list[str]:
+    """The precision of every OpenVINO model compiled from now on (the runtime really ran)."""
+    opened: list[str] = []
+    compile_model = runtime.OpenVinoFeatures._open
+
+    def counted(self, graph):
+        opened.append((self.precision, Path(graph).name))
+        return compile_model(self, graph)
+
+    monkeypatch.setattr(runtime.OpenVinoFeatures, "_open", counted)
+    return opened
+
+
+@needs_openvino
+def test_export_openvino_then_predict_runs_the_folder_ir(toy_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FSAD_CACHE", str(tmp_path / "cache"))
+    detector = fit(toy_root, tmp_path, runtime_name="auto")
+    eager = tmp_path / "unexported"
+    shutil.copytree(detector, eager)
+    fsad("export", detector)  # onnx first: the openvino export replaces its file
+    fsad("export", detector, "--format", "openvino")
+    assert "features.xml" in capsys.readouterr().out
+    assert sorted(p.name for p in detector.glob("features.*")) == ["features.bin", "features.xml"]
+    assert json.loads((detector / "detector.json").read_text())["export"]["format"] == "openvino"
+
+    moved = tmp_path / "line_pc" / "detector"  # another machine: no cache, and no exporter
+    shutil.copytree(detector, moved)
+    monkeypatch.setenv("FSAD_CACHE", str(tmp_path / "empty_cache"))
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("predict exported a graph although the folder holds one")
+
+    monkeypatch.setattr(runtime, "export_graph", no_export)
+    opened = opened_precisions(monkeypatch)
+    test = toy_root / "disc" / "test"
+    fsad("predict", moved, test, "--out", tmp_path / "exported")
+    assert opened == [("fp32", "features.xml")]
+    monkeypatch.undo()
+    fsad("predict", eager, test, "--out", tmp_path / "eager")  # runtime auto: the eager-equal fp32 path
+    exported = pd.read_csv(tmp_path / "exported" / "predictions.csv")
+    reference = pd.read_csv(tmp_path / "eager" / "predictions.csv")
+    assert len(exported) == 8
+    assert (exported["score"] - reference["score"]).abs().max() <= 1e-4 * reference["score"].abs().max()
+    assert (exported["label"] == reference["label"]).all()
+
+
+@needs_openvino
+def test_a_bf16_detector_exports_to_openvino_only(toy_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FSAD_CACHE", str(tmp_path / "cache"))
+    config = tmp_path / "bf16.yaml"
+    config.write_text(CONFIG.format(runtime="auto") + "  precision: bf16\n")
+    detector = tmp_path / "bf16"
+    fsad("fit", toy_root / "disc" / "train" / "good", "--method", "padim_views", "--config", config, "--out", detector)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        fsad("export", detector, "--format", "onnx")
+    assert exit_.value.code == 2
+    assert "runs its features in bf16, which --format onnx cannot" in capsys.readouterr().err
+    assert not (detector / "features.onnx").exists()
+    fsad("export", detector, "--format", "openvino")
+    opened = opened_precisions(monkeypatch)
+    fsad("predict", detector, toy_root / "disc" / "test", "--out", tmp_path / "predicted")
+    assert opened == [("bf16", "features.xml")]
+    assert len(pd.read_csv(tmp_path / "predicted" / "predictions.csv")) == 8
+
+
+def test_onnxruntime_with_bf16_is_a_config_error(toy_root, tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text(CONFIG.format(runtime="onnxruntime") + "  precision: bf16\n")
+    with pytest.raises(SystemExit) as exit_:
+        fsad("fit", toy_root / "disc" / "train" / "good", "--method", "padim", "--config", config, "--out", tmp_path / "d")
+    assert exit_.value.code == 2
+    assert f"{config}: regad" in (err := capsys.readouterr().err)  # the config is refused before any work
+    assert "precision: bf16 cannot run in runtime onnxruntime (no bf16 CPU kernels)" in err
+
+
+def test_without_openvino_export_refuses_and_predict_falls_back(toy_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FSAD_CACHE", str(tmp_path / "cache"))
+    detector = fit(toy_root, tmp_path, runtime_name="auto")
+    fsad("export", detector)
+    monkeypatch.setattr(runtime, "openvino_available", lambda: False)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        fsad("export", detector, "--format", "openvino")
+    assert exit_.value.code == 2
+    assert "--format openvino needs the openvino package (pip install openvino)" in capsys.readouterr().err
+    # A folder exported on a machine with openvino, scored on one without: PyTorch, saying so.
+    record = json.loads((detector / "detector.json").read_text())
+    (detector / "detector.json").write_text(json.dumps({**record, "export": {**record["export"], "format": "openvino"}}))
+    with pytest.warns(UserWarning, match="exported for openvino, which is not installed here"):
+        fsad("predict", detector, toy_root / "disc" / "test", "--out", tmp_path / "predicted")
+    assert len(pd.read_csv(tmp_path / "predicted" / "predictions.csv")) == 8

@@ -18,9 +18,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from torch import nn
 from torch.fx.experimental.optimization import fuse
 from torch.fx.proxy import TraceError
 
-from fsad.components.runtime import OnnxFeatures, resolve_runtime
+from fsad.components.runtime import OnnxFeatures, graph_features, resolve_runtime
 from fsad.components.weights import MissingWeightsError, WeightSource, locate_weights
 
 __all__ = ["BACKBONES", "BackboneSpec", "ExportedFeatures", "FeatureExtractor", "MissingWeightsError", "ModuleSnapshot",
@@ -68,6 +69,8 @@ class FeatureExtractor(nn.Module):
     # Where test-time features run (``fsad.components.runtime``); the registry sets the
     # detector's setting, a bare extractor (training, the tests' references) runs eagerly.
     runtime: str = "torch"
+    # "bf16": test-time features in bfloat16 (the runtime's bf16, or torch.autocast), only when asked.
+    precision: str = "fp32"
 
     def __init__(
         self,
@@ -103,11 +106,16 @@ class FeatureExtractor(nn.Module):
         """Normalise ``images`` (B x 3 x H x W in [0, 1]) and return the three stage outputs.
 
         In eval mode without gradients, on the CPU, with ``runtime`` other than ``"torch"``,
-        the outputs come from that runtime (the same numbers to about 1e-5).
+        the outputs come from that runtime (the same numbers to about 1e-5 in fp32). With
+        ``precision`` ``"bf16"`` such test-time features are computed in bfloat16 (that
+        runtime's, else ``torch.autocast`` on the images' device) and returned as float32.
         """
         accelerated = self._accelerated(images)
         if accelerated is not None:
             return accelerated(images)
+        if self.precision == "bf16" and self._test_time(images):
+            with torch.autocast(images.device.type, dtype=torch.bfloat16):
+                return [f.float() for f in self.eager(images)]
         return self.eager(images)
 
     def eager(self, images: torch.Tensor) -> list[torch.Tensor]:
@@ -119,18 +127,34 @@ class FeatureExtractor(nn.Module):
             features.append(x)
         return features
 
+    def _test_time(self, images: torch.Tensor) -> bool:
+        """True for test-time features: eval mode, float32 images, no gradients wanted (autograd needs fp32 eager)."""
+        if self.training or images.dtype != torch.float32:
+            return False
+        return not (torch.is_grad_enabled() and (images.requires_grad or any(p.requires_grad for p in self.parameters())))
+
     def _accelerated(self, images: torch.Tensor) -> OnnxFeatures | None:
         """The runtime that computes ``forward(images)``, or None for eager PyTorch (training, gradients, a GPU)."""
-        if self.runtime == "torch" or self.training or images.device.type != "cpu" or images.dtype != torch.float32:
+        if self.runtime == "torch" or images.device.type != "cpu" or not self._test_time(images):
             return None
-        if torch.is_grad_enabled() and (images.requires_grad or any(p.requires_grad for p in self.parameters())):
-            return None
-        if self.__dict__.get("_onnx") is None:
-            if resolve_runtime(self.runtime, "cpu") == "torch":  # not installed: said once, then eager
+        features = self.__dict__.get("_onnx")
+        if features is None or features.precision != self.precision or self.runtime not in ("auto", features.runtime):
+            runtime = resolve_runtime(self.runtime, "cpu", self.precision)
+            if runtime == "torch":  # not installed: said once, then eager
                 self.runtime = "torch"
                 return None
-            self._onnx = OnnxFeatures(EagerStages(self))
+            self._onnx = graph_features(runtime, EagerStages(self), self.precision)
         return self._onnx
+
+    @contextlib.contextmanager
+    def full_precision(self) -> Iterator[FeatureExtractor]:
+        """Features in fp32 inside the block, whatever ``precision`` says: what a trained head learns from
+        (ResAD's) must not depend on a test-time setting, so a cached model serves both precisions."""
+        precision, self.precision = self.precision, "fp32"
+        try:
+            yield self
+        finally:
+            self.precision = precision
 
     def __getstate__(self) -> dict:
         # A runtime session neither copies nor pickles (deepcopy for folding, torch.save): rebuilt on use.
@@ -167,11 +191,12 @@ def weights_key(state: Mapping[str, torch.Tensor]) -> str:
 
 
 class ExportedFeatures(nn.Module):
-    """A fitted detector's backbone as its exported graph alone (``fsad export``'s ``features.onnx``).
+    """A fitted detector's backbone as its exported graph alone (``fsad export``'s ``features.onnx``
+    or OpenVINO IR ``features.xml``).
 
     What ``fsad predict`` scores an exported folder with: the graph of the backbone's three
-    stages (normalisation included), run by ONNX Runtime on the CPU, the numbers of a
-    ``FeatureExtractor`` with ``runtime: onnxruntime``, but no network is built, so torchvision
+    stages (normalisation included), run by ONNX Runtime or OpenVINO on the CPU, the numbers of a
+    ``FeatureExtractor`` with that runtime, but no network is built, so torchvision
     (2 s of start-up, its ops import ``torch._dynamo``) is never imported. It has the
     ``FeatureExtractor`` attributes the methods read (``name``, ``channels``) and no weights: ``load_state_dict`` checks that the saved weights are those the graph was
     exported from (``weights_key``) and keeps nothing. Test-time features only: images of the
@@ -179,16 +204,20 @@ class ExportedFeatures(nn.Module):
 
     Args:
         name: The backbone's name in ``BACKBONES`` (its stage channels come from there).
-        graph: The ONNX file: B x 3 x H x W images in [0, 1] -> the three stage outputs.
+        graph: The graph file: B x 3 x H x W images in [0, 1] -> the three stage outputs.
         size: The H x W it was exported for.
         weights: ``weights_key`` of the weights it was exported from.
+        runtime: ``"onnxruntime"`` or ``"openvino"`` (either reads either file format).
+        precision: ``"fp32"``, or ``"bf16"`` in OpenVINO.
     """
 
-    def __init__(self, name: str, graph: Path, size: tuple[int, int], weights: str):
+    def __init__(self, name: str, graph: Path, size: tuple[int, int], weights: str, runtime: str = "onnxruntime",
+                 precision: str = "fp32"):
         super().__init__()
         self.name, self.channels = name, _spec(name).channels
         self.size, self.weights = tuple(size), weights
-        self._onnx = OnnxFeatures(self, {self.size: Path(graph)})  # the graph given: it never exports
+        self.runtime, self.precision = runtime, precision
+        self._onnx = graph_features(runtime, self, precision, {self.size: Path(graph)})  # the graph given: it never exports
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         """B x 3 x H x W float32 CPU images in [0, 1] (H x W the exported size) -> the three stage outputs."""

@@ -1,18 +1,25 @@
-"""Test-time backbone features in a faster runtime than eager PyTorch (ONNX Runtime).
+"""Test-time backbone features in a faster runtime than eager PyTorch (ONNX Runtime, OpenVINO).
 
 Every method's test-time features (the support views and the test images) go through a
 frozen ``FeatureExtractor``; its three stage outputs are a pure function of the image, so
 the same network can run in another engine. ONNX Runtime's CPU kernels compute MobileNetV2's
 features 2.5-2.9x faster than eager PyTorch on one thread (issue 21's table) and agree with
 eager fp32 to about 1e-6 (max abs, features up to 8): ``runtime: auto`` picks it where it is
-installed and the features run on the CPU. Training always stays in PyTorch.
+installed and the features run on the CPU. OpenVINO (``runtime: openvino``) runs the same
+graph as fp32 to about 1e-5 too. Training always stays in PyTorch.
+
+``precision: bf16`` (only when asked) runs the test-time features in bfloat16: OpenVINO's
+bf16 inference hint, or ``torch.autocast`` in PyTorch; ONNX Runtime's CPU kernels have no
+bf16, so ``runtime: onnxruntime`` refuses it and ``auto`` picks OpenVINO, else PyTorch. Its
+speed and its effect on AUROC are in docs/speed.md.
 
 The exported graph depends on the network, its weights and the image size only (the batch
 is a dynamic axis), so it is exported once and cached on disk under ``graph_key`` (a hash of
 the architecture, the weights, the size and the exporter's version): a rerun, another
 detector with the same backbone, or ``fsad predict`` reuse it; changed weights give another key. A detector
 folder can carry its graph (``fsad export``), and then ``fsad predict`` needs neither the
-exporter nor a network.
+exporter nor a network. The precision is not in the file: it is a setting of the session
+(OpenVINO compiles the same fp32 graph for bf16), and a session is made for one precision.
 
 Example:
     >>> net = build_backbone("mobilenet_v2").eval()
@@ -38,7 +45,8 @@ from fsad.io import atomic_path
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("auto", "torch", "onnxruntime")
+RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
+PRECISIONS = ("fp32", "bf16")
 OPSET = 17
 GRAPH_SUFFIX = ".onnx"
 
@@ -53,26 +61,45 @@ def onnxruntime_available() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None
 
 
-def resolve_runtime(name: str, device: str) -> str:
-    """The runtime that runs: ``auto`` -> ``onnxruntime`` where installed and on the CPU, else ``torch``.
+def openvino_available() -> bool:
+    return importlib.util.find_spec("openvino") is not None
 
-    Asking for ``onnxruntime`` where it cannot run (not installed, or a GPU device) falls
-    back to ``torch`` with a warning that says so; results then equal eager PyTorch's.
+
+def check_precision(runtime: str, precision: str) -> None:
+    """Refuse an unknown precision, and bf16 in ONNX Runtime (its CPU kernels compute fp32 only)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"fsad/components/runtime.py: unknown precision {precision!r}; choose from {list(PRECISIONS)}")
+    if runtime == "onnxruntime" and precision == "bf16":
+        raise ValueError("regad.precision: bf16 cannot run in runtime onnxruntime (no bf16 CPU kernels); "
+                         "set runtime: openvino, torch or auto, or precision: fp32")
+
+
+def resolve_runtime(name: str, device: str, precision: str = "fp32") -> str:
+    """The runtime that runs ``precision`` features on ``device``.
+
+    ``auto``: on the CPU, ``onnxruntime`` (fp32) or ``openvino`` (fp32 where ONNX Runtime is
+    missing; bf16) where installed, else ``torch``. Asking for ``onnxruntime`` or ``openvino``
+    where it cannot run (not installed, or a GPU device) falls back to ``torch`` with a warning
+    that says so; results then equal eager PyTorch's at that precision.
     """
     if name not in RUNTIMES:
         raise ValueError(f"fsad/components/runtime.py: unknown runtime {name!r}; choose from {list(RUNTIMES)}")
+    check_precision(name, precision)
     on_cpu = torch.device(device).type == "cpu"
-    if name == "torch" or (name == "auto" and not (on_cpu and onnxruntime_available())):
+    if name == "torch":
         return "torch"
+    if name == "auto":
+        available = {"onnxruntime": onnxruntime_available, "openvino": openvino_available}
+        preferred = ("onnxruntime", "openvino") if precision == "fp32" else ("openvino",)
+        return next((r for r in preferred if on_cpu and available[r]()), "torch")
     if not on_cpu:
-        if name == "onnxruntime":
-            warnings.warn(f"runtime onnxruntime runs on the CPU only; features on {device} use PyTorch", stacklevel=2)
+        warnings.warn(f"runtime {name} runs on the CPU only; features on {device} use PyTorch", stacklevel=2)
         return "torch"
-    if not onnxruntime_available():
-        warnings.warn("runtime onnxruntime asked for but the package is not installed (pip install onnxruntime); "
+    if not {"onnxruntime": onnxruntime_available, "openvino": openvino_available}[name]():
+        warnings.warn(f"runtime {name} asked for but the package is not installed (pip install {name}); "
                       "features use PyTorch", stacklevel=2)
         return "torch"
-    return "onnxruntime"
+    return name
 
 
 def graph_key(network: nn.Module, size: tuple[int, int]) -> str:
@@ -135,6 +162,9 @@ class OnnxFeatures:
     thread stays on one.
     """
 
+    runtime = "onnxruntime"
+    precision = "fp32"  # ONNX Runtime's CPU kernels: fp32 only
+
     def __init__(self, network: nn.Module, graphs: dict[tuple[int, int], Path] | None = None):
         self.network = network
         self.graphs = dict(graphs or {})
@@ -147,8 +177,6 @@ class OnnxFeatures:
         return self.graphs.get(size) or cached_graph(self.network, torch.zeros(1, 3, *size, device="cpu"))
 
     def _session_for(self, images: torch.Tensor):
-        import onnxruntime
-
         from fsad.components.backbones import ModuleSnapshot  # backbones imports this module
 
         snapshot = ModuleSnapshot(self.network)
@@ -159,13 +187,18 @@ class OnnxFeatures:
             self._sessions, self._snapshot = {}, snapshot
         size = tuple(images.shape[-2:])
         if size not in self._sessions:
-            options = onnxruntime.SessionOptions()
-            options.intra_op_num_threads = torch.get_num_threads()
-            options.inter_op_num_threads = 1
-            options.log_severity_level = 3  # errors only: its graph-optimiser notes are not warnings to the user
-            self._sessions[size] = onnxruntime.InferenceSession(str(self.graph(size)), options,
-                                                                providers=["CPUExecutionProvider"])
+            self._sessions[size] = self._open(self.graph(size))
         return self._sessions[size]
+
+    def _open(self, graph: Path):
+        """An ONNX Runtime session of the graph file ``graph``."""
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only: its graph-optimiser notes are not warnings to the user
+        return onnxruntime.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
 
     def __call__(self, images: torch.Tensor) -> list[torch.Tensor]:
         """B x 3 x H x W float32 CPU images -> the network's outputs as float32 CPU tensors."""
@@ -174,5 +207,47 @@ class OnnxFeatures:
         return [torch.from_numpy(o) for o in outputs]
 
 
-__all__ = ["OPSET", "RUNTIMES", "OnnxFeatures", "cached_graph", "export_graph", "graph_key", "resolve_runtime",
-           "runtime_cache_dir"]
+class OpenVinoFeatures(OnnxFeatures):
+    """``network``'s forward run by OpenVINO on the CPU at ``precision`` (``"fp32"`` or ``"bf16"``).
+
+    The same graph files as ``OnnxFeatures`` (the cache's ONNX graph, or a detector folder's
+    OpenVINO IR ``features.xml``), compiled with an explicit inference precision: OpenVINO's own
+    default on a CPU with bf16 units is bf16 (about 1e-2 off eager fp32), so fp32 is asked for
+    by name. Outputs are float32 either way.
+    """
+
+    runtime = "openvino"
+
+    def __init__(self, network: nn.Module, graphs: dict[tuple[int, int], Path] | None = None, precision: str = "fp32"):
+        super().__init__(network, graphs)
+        check_precision("openvino", precision)
+        self.precision = precision
+
+    def _open(self, graph: Path):
+        """The graph file compiled for the CPU at this precision, on torch's thread count."""
+        import openvino
+
+        core = openvino.Core()
+        hint = {"fp32": "f32", "bf16": "bf16"}[self.precision]
+        return core.compile_model(core.read_model(str(graph)), "CPU", {
+            "INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+            "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"})
+
+    def __call__(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """B x 3 x H x W float32 CPU images -> the network's outputs as float32 CPU tensors."""
+        compiled = self._session_for(images)
+        outputs = compiled(np.ascontiguousarray(images.detach().float().numpy()))
+        return [torch.from_numpy(np.array(outputs[port], dtype=np.float32)) for port in compiled.outputs]
+
+
+def graph_features(runtime: str, network: nn.Module, precision: str = "fp32",
+                   graphs: dict[tuple[int, int], Path] | None = None) -> OnnxFeatures:
+    """The features object of a resolved ``runtime`` (``"onnxruntime"`` or ``"openvino"``) for ``network``."""
+    if runtime == "openvino":
+        return OpenVinoFeatures(network, graphs, precision)
+    check_precision(runtime, precision)
+    return OnnxFeatures(network, graphs)
+
+
+__all__ = ["OPSET", "PRECISIONS", "RUNTIMES", "OnnxFeatures", "OpenVinoFeatures", "cached_graph", "check_precision",
+           "export_graph", "graph_features", "graph_key", "openvino_available", "resolve_runtime", "runtime_cache_dir"]

@@ -48,6 +48,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +57,7 @@ from typing import Any
 import torch
 
 import fsad
-from fsad.components.backbones import FeatureExtractor, build_backbone
+from fsad.components.backbones import ExportedFeatures, FeatureExtractor, build_backbone
 from fsad.components.dinov2 import DinoV2Features
 from fsad.config import RegADConfig, resolve_device
 from fsad.io import atomic_dir, save_atomic, write_json_atomic
@@ -87,6 +88,7 @@ def method_backbone(regad: RegADConfig) -> FeatureExtractor:
         torch.manual_seed(regad.seed)
         backbone = build_backbone(regad.backbone, pretrained=regad.pretrained, normalize=regad.normalize)
     backbone.runtime = regad.runtime  # test-time features only: eager in training and with gradients
+    backbone.precision = regad.precision
     return backbone
 
 
@@ -168,6 +170,14 @@ def _entry(name: str, options: dict[str, Any]) -> Entry:
     return entry
 
 
+def _say_fp32_only(detector: Detector, regad: RegADConfig) -> Detector:
+    """Warn where ``precision: bf16`` does not apply: RegAD's registered features and DINOv2 run in fp32 PyTorch."""
+    if regad.precision == "bf16" and not isinstance(getattr(detector, "backbone", None), (FeatureExtractor, ExportedFeatures)):
+        warnings.warn(f"regad.precision bf16 applies to backbone features; {detector.name}'s features run in fp32",
+                      stacklevel=3)
+    return detector
+
+
 def build_detector(name: str, regad: RegADConfig, options: dict[str, Any] | None = None,
                    model_path: Path | None = None) -> Detector:
     """The detector ``name`` with the shared settings ``regad`` and its own ``options``.
@@ -192,7 +202,8 @@ def build_detector(name: str, regad: RegADConfig, options: dict[str, Any] | None
     elif not Path(model_path).is_file():
         raise FileNotFoundError(f"fsad/methods/registry.py: model file {model_path} of method {name!r} does not exist; "
                                 "fix --model")
-    return entry.build(regad, options, None if model_path is None else Path(model_path), method_backbone)
+    return _say_fp32_only(entry.build(regad, options, None if model_path is None else Path(model_path), method_backbone),
+                          regad)
 
 
 def save_detector(folder: Path, detector: Detector, regad: RegADConfig, options: dict[str, Any] | None = None,
@@ -272,7 +283,8 @@ def load_detector(folder: Path, method: str | None = None, device: str | None = 
     regad = RegADConfig.from_dict(settings["regad"], source=str(Path(folder) / DETECTOR_FILE))
     # Every weight is in the state: build without ImageNet weight files, then load.
     regad = regad.replace(pretrained=False, device=device or "auto")
-    detector = _entry(saved["method"], settings["options"]).build(regad, dict(settings["options"]), None, backbone)
+    detector = _say_fp32_only(_entry(saved["method"], settings["options"]).build(regad, dict(settings["options"]), None, backbone),
+                              regad)
     detector.load_state(saved["state"])
     header = {k: saved[k] for k in ("format", "format_version", "method", "fsad_version", "settings")}
     return detector, {**header, **saved["record"]}

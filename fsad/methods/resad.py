@@ -248,7 +248,8 @@ class ResAD(Detector):
         # Without the texture folder (../shared absent) synthesis falls back to cut-and-paste and noise.
         has_textures = bool(settings.textures) and Path(settings.textures).is_dir()
         textures = textures_from_folder(settings.textures, self.image_size, limit=200, seed=settings.seed) if has_textures else None
-        pools = [self._pool(c, settings, rng, textures) for c in categories]
+        with self.backbone.full_precision():  # precision is a test-time setting: the head learns from fp32 features
+            pools = [self._pool(c, settings, rng, textures) for c in categories]
         self.head = ResADHead(self.backbone.channels, settings.flow_blocks, settings.seed).to(self.device)
         optimizer = torch.optim.Adam(self.head.parameters(), lr=settings.lr)
         self.head.train()

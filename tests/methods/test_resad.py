@@ -58,3 +58,23 @@ def test_saved_head_records_its_training_data(backbone, toy_root, tmp_path):
     (ring.path / "test" / "good" / "000.png").unlink()  # test images feed ResAD's training too
     changed = ResAD.saved_differences(path, ResADSettings(), [load_category(tmp_path / "data", "ring")])
     assert changed == ["the files of training category ring changed"]
+
+
+def test_the_head_learns_from_fp32_features_whatever_the_precision(backbone, toy_root):
+    """precision is a test-time setting (not in the saved head's key): a bf16 detector trains the same head."""
+    import copy
+
+    from fsad.config import ResADSettings
+    from fsad.data.mvtec import load_category
+
+    ring = load_category(toy_root, "ring")
+    heads = {}
+    for precision in ("fp32", "bf16"):
+        net = copy.deepcopy(backbone).eval()
+        net.precision = precision  # runtime torch: torch.autocast's bf16 at test time
+        resad = ResAD(net, image_size=32)
+        resad.train([ring], ResADSettings(steps=2, max_images=8, synthetic_per_category=4, textures=""), progress=False)
+        assert resad.backbone.precision == precision  # test-time features keep their setting
+        heads[precision] = resad.head.state_dict()
+    for name, tensor in heads["fp32"].items():
+        torch.testing.assert_close(heads["bf16"][name], tensor, rtol=0, atol=0)
