@@ -122,10 +122,7 @@ def fit_product(images: Sequence[str | Path], method: str, regad: RegADConfig, o
     k = len(support)
     if model_path is not None and method in DETECTORS and DETECTORS[method].model_file is None:
         raise ValueError(f"fsad fit: {method} uses no trained model file; drop --model {model_path}")
-    regad, sizes = product_sizes(regad, [p for p, _ in support], aspect, tile)
     detector = build_detector(method, regad, options, model_path)
-    if tile is not None:
-        detector = TiledDetector(detector, tuple(sizes["size"]))
     if k < detector.min_support:
         raise ValueError(f"fsad fit: {method} needs K >= {detector.min_support} support images, got {k}"
                          + ("; use padim_views (22 views per image) for K = 1" if method == "padim" else ""))
@@ -136,6 +133,11 @@ def fit_product(images: Sequence[str | Path], method: str, regad: RegADConfig, o
     if not leave_one_out and "synthetic" in rule.needs:
         raise ValueError(f"fsad fit: --threshold {threshold} scores synthetic anomalies leave one out, which {method} "
                          f"cannot do with K = {k} (it needs K >= {detector.min_support + 1}); choose another --threshold")
+    sized, sizes = product_sizes(regad, [p for p, _ in support], aspect, tile)  # from the files' headers
+    if sized != regad:
+        regad, detector = sized, build_detector(method, sized, options, model_path)
+    if tile is not None:
+        detector = TiledDetector(detector, tuple(sizes["size"]))
     record: dict[str, Any] = {
         "support": {"count": k, "images": [str(p) for p, _ in support], "fingerprint": _fingerprint([p for p, _ in support])},
         "good": {"count": len(extra), "images": [str(p) for p, _ in extra],
