@@ -11,7 +11,7 @@ headers) in three modes:
 - ``tile2``: ``--tile 2``, the short side read at 2 S (at most the image's own), S x S tiles.
 
 and scores the whole test split. The maps are brought back to each test image's own size
-(what ``fsad predict``'s heat-maps are) and the pixel AUROC is taken there, over all pixels
+(what ``fsad predict``'s heat-maps are; halved, ``EVAL_REDUCTION``) and the pixel AUROC is taken there, over all pixels
 of all test images, so the three modes are compared in one frame. The image AUROC is the
 detector's image score (tiled: the highest tile's).
 
@@ -36,11 +36,16 @@ import torch.nn.functional as F
 from fsad.config import RegADConfig
 from fsad.data.mvtec import image_size, list_categories, load_category, read_image, read_mask
 from fsad.data.support_sets import make_support_sets, support_samples
+from fsad.methods.base import Scores
 from fsad.methods.registry import build_detector
 from fsad.product.tiling import TiledDetector, product_sizes
 from fsad.study.experiment import resolve_dataset
 from fsad.study.metrics import image_auroc
 
+TEST_CHUNK = 32
+# Pixel AUROC at half each image's own size (fsad-mini: long side 160): one frame for all modes, with
+# ranks of ~8 M pixels instead of 31 M (the full-size run was killed for memory on the shared machine).
+EVAL_REDUCTION = 2
 MODES = {"square": ("square", None), "keep": ("keep", None), "tile2": ("keep", 2)}
 
 
@@ -57,17 +62,22 @@ def run_category(data: str, root: Path, name: str, methods: list[str], shots: li
     test = category.test
     own = [image_size(s.path)[::-1] for s in test]  # (H, W) of each test image as shown
     square = all(h == w for h, w in own)
-    masks = [read_mask(s.mask_path, hw)[0] if s.mask_path else torch.zeros(hw) for s, hw in zip(test, own)] if category.has_masks else None
+    frame = [(-(-h // EVAL_REDUCTION), -(-w // EVAL_REDUCTION)) for h, w in own]  # the pixel metric's frame: own shape
+    masks = [read_mask(s.mask_path, hw, image_path=s.path)[0] if s.mask_path else torch.zeros(hw)
+             for s, hw in zip(test, frame)] if category.has_masks else None
     labels = np.array([s.label for s in test])
     sets = make_support_sets(category, shots, n_sets=draws, seed=0)
-    rows = []
+    saved = out / f"rows_{data.replace('/', '_')}_{name}.csv"
+    rows = pd.read_csv(saved).to_dict("records") if saved.is_file() else []  # a killed run goes on where it stopped
+    done = {(r["method"], r["mode"], r["k"], r["draw"]) for r in rows}
     for method in methods:
         for mode, (aspect, tile) in MODES.items():
             if mode == "keep" and square:
                 continue  # equal to square on square images
-            embedded: dict[tuple, tuple] = {}  # test embedding per input size (it depends on the size alone)
             for k in shots:
                 for draw, paths in enumerate(sets[k]):
+                    if (method, mode, k, draw) in done:
+                        continue
                     support = [s.path for s in support_samples(category, paths)]
                     regad, sizes = product_sizes(RegADConfig(image_size=side), support, aspect, tile)
                     detector = build_detector(method, regad, {})
@@ -76,22 +86,21 @@ def run_category(data: str, root: Path, name: str, methods: list[str], shots: li
                         detector = TiledDetector(detector, size)
                     tic = time.perf_counter()
                     detector.fit(torch.stack([read_image(p, size) for p in support]))
-                    if size not in embedded:
-                        embedded.clear()
-                        images = torch.stack([(read_image(s.path, size) * 255).round().to(torch.uint8) for s in test])
-                        embedded[size] = detector.embed(images)
-                    scores = detector.predict_embedded(embedded[size])
+                    # TEST_CHUNK images at a time: a whole test set's tile features (GBs) never sit in memory
+                    parts = [detector.predict(torch.stack([read_image(s.path, size) for s in test[i : i + TEST_CHUNK]]))
+                             for i in range(0, len(test), TEST_CHUNK)]
+                    scores = Scores(maps=torch.cat([p.maps for p in parts]), image=torch.cat([p.image for p in parts]))
                     seconds = time.perf_counter() - tic
                     row = {"data": data, "category": name, "method": method, "mode": mode, "k": k, "draw": draw,
                            "size": "x".join(map(str, size)), "tiles": len(detector.corners) if tile else 1,
                            "image_auroc": 100 * image_auroc(labels, scores.image.numpy()), "seconds": seconds}
                     if masks is not None:
                         maps = [F.interpolate(m[None, None], size=hw, mode="bilinear", align_corners=False)[0, 0]
-                                for m, hw in zip(scores.maps, own)]  # each at its image's own size
+                                for m, hw in zip(scores.maps, frame)]  # each at its image's evaluation frame
                         row["pixel_auroc"] = 100 * _pixel_auroc(maps, masks)
                     rows.append(row)
                     print(" ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
-                    pd.DataFrame(rows).to_csv(out / f"rows_{data}_{name}.csv", index=False)
+                    pd.DataFrame(rows).to_csv(saved, index=False)
     return rows
 
 

@@ -74,6 +74,13 @@ def test_a_non_square_product_keeps_its_aspect_from_fit_to_heat_map(tmp_path, ca
         assert all(Image.open(path).size == (120, 40) for path in rows[column])  # (width, height): the image's own
 
 
+def test_synthetic_anomalies_of_a_non_square_product_set_its_threshold(tmp_path, capsys):
+    root = product(tmp_path, 40, 120)
+    fsad("fit", root / "good", "--config", root / "config.yaml", "--image-size", 32, "--method", "padim",
+         "--threshold", "synthetic", "--out", root / "det")
+    assert "12 synthetic" in capsys.readouterr().out  # 3 per support image, drawn at 32 x 96
+
+
 def test_squashing_stays_available_and_keeps_the_old_square(tmp_path, capsys):
     root = product(tmp_path, 40, 120)
     fsad("fit", root / "good", "--config", root / "config.yaml", "--image-size", 32, "--aspect", "square", "--out", root / "det")
