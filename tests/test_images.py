@@ -81,6 +81,18 @@ def test_synthetic_anomalies_of_a_non_square_product_set_its_threshold(tmp_path,
     assert "12 synthetic" in capsys.readouterr().out  # 3 per support image, drawn at 32 x 96
 
 
+def test_a_non_square_detector_exports_its_graph_at_h_by_w(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    root = product(tmp_path, 40, 120)
+    (root / "config.yaml").write_text(CONFIG + "  runtime: onnxruntime\n")
+    fsad("fit", root / "good", "--config", root / "config.yaml", "--image-size", 32, 96, "--out", root / "det")
+    fsad("export", root / "det")
+    assert "features for 32 x 96 images" in capsys.readouterr().out
+    assert json.loads((root / "det" / "detector.json").read_text())["export"]["size"] == [32, 96]
+    fsad("predict", root / "det", root / "test", "--out", root / "out")
+    assert len(pd.read_csv(root / "out" / "predictions.csv")) == 2
+
+
 def test_squashing_stays_available_and_keeps_the_old_square(tmp_path, capsys):
     root = product(tmp_path, 40, 120)
     fsad("fit", root / "good", "--config", root / "config.yaml", "--image-size", 32, "--aspect", "square", "--out", root / "det")

@@ -22,6 +22,7 @@ from typing import Any
 
 from fsad.components.backbones import EagerStages, FeatureExtractor
 from fsad.components.runtime import cached_graph, graph_key, resolve_runtime
+from fsad.data.mvtec import as_hw
 from fsad.io import atomic_path, write_json_atomic
 from fsad.methods.registry import RECORD_FILE, load_detector
 
@@ -48,7 +49,7 @@ def export_detector(folder: Path, format: str = "onnx") -> dict[str, Any]:
             "(RegAD's STNs, DINOv2); they run in PyTorch and there is nothing to export")
     import torch
 
-    size = (detector.image_size, detector.image_size)
+    size = as_hw(detector.image_size)  # (H, W): the graph is exported for this input size
     network = EagerStages(backbone.eval())
     graph = cached_graph(network, torch.zeros(1, 3, *size, device="cpu"))
     with atomic_path(folder / GRAPH_FILE) as tmp:
