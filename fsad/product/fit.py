@@ -19,17 +19,12 @@ import torch
 
 from fsad.config import RegADConfig, read_yaml
 from fsad.data.fingerprint import fingerprint
-from fsad.data.mvtec import as_hw, image_size, read_image
+from fsad.data.mvtec import read_image
 from fsad.methods.registry import DETECTORS, RECORD_FILE, build_detector, is_detector_folder, save_detector
 from fsad.product.images import find_images
 from fsad.product.calibration import reference_scores
 from fsad.product.threshold import DEFAULT_RULE, DEFAULT_TARGET_FPR, Threshold, check_rule, describe
-from fsad.product.tiling import (
-    ASPECT_SPREAD_NOTE,
-    DEFAULT_ASPECT,
-    TiledDetector,
-    product_sizes,
-)
+from fsad.product.tiling import ASPECT_SPREAD_NOTE, DEFAULT_ASPECT, TiledDetector, product_sizes
 
 DEFAULT_METHOD = "padim_views"
 
