@@ -167,7 +167,8 @@ def cmd_fit(args) -> None:
     from fsad.product.fit import fit_command
 
     fit_command(args.images, args.method, args.model, args.config, args.good, args.out, args.force,
-                threshold=args.threshold, target_fpr=args.target_fpr, device=args.device)
+                threshold=args.threshold, target_fpr=args.target_fpr, device=args.device, image_size=args.image_size,
+                aspect=args.aspect, tile=args.tile)
 
 
 def cmd_predict(args) -> None:
@@ -286,6 +287,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True, help="the detector folder to write")
     p.add_argument("--force", action="store_true", help="replace a detector of other images or settings in --out")
     p.add_argument("--device", type=_device, help="where to fit: auto, cpu, cuda, cuda:N (default: the config's device, auto)")
+    p.add_argument("--image-size", type=int, nargs="+", metavar="PX",
+                   help="the detector's input: one side (the short side with --aspect keep) or H W (default: the config's, 224)")
+    p.add_argument("--aspect", choices=["keep", "square"],
+                   help="keep (default): the short side at --image-size, the long side in proportion to the good images "
+                        "(rounded to 32 px); square: squash every image to a square (docs/images.md)")
+    p.add_argument("--tile", type=int, metavar="N",
+                   help="read images N x --image-size on their short side (at most their own size) and score them in "
+                        "overlapping --image-size tiles: small defects in large images stay several feature cells wide")
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("predict", help="score images with a fitted detector: predictions.csv, heat-maps, report.html, masks")

@@ -121,6 +121,21 @@ def _device(value: str) -> str:
     return value
 
 
+MIN_IMAGE_SIDE = 32
+
+
+def _image_size(value: Any) -> int | tuple[int, int]:
+    """``224`` (a square) or ``[H, W]``; a square pair is stored as its side, so ``[224, 224]`` and
+    ``224`` are one setting with one fingerprint (configs written before ``[H, W]`` keep theirs)."""
+    sides = list(value) if isinstance(value, (list, tuple)) else [value]
+    sides = [int(s) if isinstance(s, str) and s.strip().isdigit() else s for s in sides]  # YAML 1.1 / a command line
+    if len(sides) not in (1, 2) or not all(isinstance(s, int) and not isinstance(s, bool) for s in sides):
+        raise _problem_at(f"{value!r} is not a side (224) or [height, width] ([256, 640]) in pixels")
+    if min(sides) < MIN_IMAGE_SIDE:
+        raise _problem_at(f"{value!r} must be >= {MIN_IMAGE_SIDE}" if len(sides) == 1 else f"{value!r}: each side must be >= {MIN_IMAGE_SIDE}")
+    return sides[0] if len(set(sides)) == 1 else (sides[0], sides[1])
+
+
 Positive = Annotated[int, Field(ge=1)]
 Count = Annotated[int, Field(ge=0)]
 Seed = Annotated[int, Field(ge=0)]
@@ -132,6 +147,7 @@ Dataset = Name  # elpv | toy | fsad-mini | an MVTec-layout folder (fsad.study.ex
 Backbone = Annotated[str, names("backbone", _backbone_names)]
 StnMode = Annotated[str, names("STN mode", _stn_modes_or_none)]
 Device = Annotated[str, AfterValidator(_device)]
+ImageSize = Annotated[int | tuple[int, int], BeforeValidator(_image_size)]  # side, or (H, W) when not square
 Metric = Annotated[str, names("metric", _metric_names)]
 Method = Annotated[str, names("method", _method_names)]
 Shots = Annotated[tuple[Positive, ...], BeforeValidator(_listed), Field(min_length=1)]
@@ -297,7 +313,9 @@ class RegADConfig(Settings):
         normalize: Apply the backbone's ImageNet mean/std (the official code does not).
         stn_mode: Transform family of the STNs (``fsad.methods.regad.stn.STN_MODES``), or ``"none"``
             for no STN at all (the ablation "backbone + Siamese only").
-        image_size: Square input size (plain resize, no crop); >= 32.
+        image_size: Input size, plain resize (no crop): a side (a square, ``224``) or ``[H, W]``
+            (``[256, 640]``: a product 2.5x wider than tall keeps its shape); every side >= 32.
+            ``fsad fit --keep-aspect`` derives ``[H, W]`` from the support images (docs/images.md).
         epochs: Training epochs; the LAST epoch's weights are used (no test-set selection).
         batch_size: Queries per batch, all of one category.
         lr: SGD learning rate of the three optimisers.
@@ -359,7 +377,7 @@ class RegADConfig(Settings):
     pretrained: bool = True
     normalize: bool = True
     stn_mode: StnMode = "rotation_scale"
-    image_size: Annotated[int, Field(ge=32)] = 224
+    image_size: ImageSize = 224
     epochs: Positive = 50
     batch_size: Positive = 32
     lr: PositiveFloat = 1e-4

@@ -3,7 +3,9 @@
 Views, in order: original; rotations by +-11.25, +-22.5, +-33.75, +-45 degrees;
 translations by (+-0.1, +-0.1) and (+-0.2, +-0.2) of the half-size (normalised
 coordinates); horizontal flip; grayscale; rotations by 90, 180, 270 degrees. Geometric
-views reflect at the borders, as in the official code.
+views reflect at the borders, as in the official code. A quarter turn of a non-square H x W
+image is W x H: it is resized back to H x W (bilinear), so every view has the image's shape
+and a square image's views are exactly the official ones.
 
 Example:
     >>> views = support_views(torch.rand(2, 3, 64, 64))  # 2 x 22 x 3 x 64 x 64
@@ -18,6 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fsad.components.backbones import ModuleSnapshot
@@ -26,6 +29,14 @@ from fsad.data.loading import to_float
 ROTATIONS = (-45.0, -33.75, -22.5, -11.25, 11.25, 22.5, 33.75, 45.0)
 TRANSLATIONS = tuple((sx * d, sy * d) for d in (0.1, 0.2) for sx, sy in itertools.product((-1, 1), repeat=2))
 NUM_VIEWS = 1 + len(ROTATIONS) + len(TRANSLATIONS) + 1 + 1 + 3
+
+
+def _quarter_turn(images: torch.Tensor, k: int) -> torch.Tensor:
+    """B x 3 x H x W images turned by k x 90 degrees, back at H x W (a no-op resize for a square or k = 2)."""
+    turned = torch.rot90(images, k, dims=(2, 3))  # B x 3 x W x H for odd k
+    if turned.shape[-2:] == images.shape[-2:]:
+        return turned
+    return F.interpolate(turned, size=images.shape[-2:], mode="bilinear", align_corners=False, antialias=True)
 
 
 def support_views(images: torch.Tensor) -> torch.Tensor:
@@ -40,8 +51,6 @@ def support_views(images: torch.Tensor) -> torch.Tensor:
     import kornia  # here: fsad predict, which never makes views, starts 0.15 s sooner
 
     b, _, h, w = images.shape
-    if h != w:
-        raise ValueError(f"support views need square images (rotations by 90 degrees), got {h}x{w}; resize to a square image_size")
     angles = images.new_tensor(ROTATIONS).repeat_interleave(b)  # 8B
     rotated = kornia.geometry.transform.rotate(images.repeat(len(ROTATIONS), 1, 1, 1), angles, padding_mode="reflection")
     # normalised offsets of the half-size -> pixels: 0.1 * (W / 2)
@@ -55,7 +64,7 @@ def support_views(images: torch.Tensor) -> torch.Tensor:
         *translated.split(b),
         kornia.geometry.transform.hflip(images),
         kornia.color.rgb_to_grayscale(images).expand(-1, 3, -1, -1),
-        *(torch.rot90(images, k, dims=(2, 3)) for k in (1, 2, 3)),
+        *(_quarter_turn(images, k) for k in (1, 2, 3)),
     ]
     return torch.stack(views, dim=1)  # B x 22 x 3 x H x W
 

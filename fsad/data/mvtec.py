@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -235,7 +235,8 @@ def _expected_mask(category_path: Path, image: Path) -> Path:
     return category_path / "ground_truth" / image.parent.name / f"{image.stem}{MASK_SUFFIX}.png"
 
 
-def _as_hw(size: int | tuple[int, int]) -> tuple[int, int]:
+def as_hw(size: int | Sequence[int]) -> tuple[int, int]:
+    """A size as ``(height, width)``: a side ``S`` is ``(S, S)`` (``image_size`` of ``fsad.config.RegADConfig``)."""
     height, width = (size, size) if isinstance(size, int) else tuple(size)
     if not (isinstance(height, int) and isinstance(width, int) and height > 0 and width > 0):
         raise ValueError(f"fsad/data/mvtec.py: size must be a positive int or (height, width), "
@@ -396,7 +397,7 @@ def resize_image(pixels: torch.Tensor, size: int | tuple[int, int]) -> torch.Ten
 
     ``resize_image(read_image(path, None), size)`` equals ``read_image(path, size)``.
     """
-    height, width = _as_hw(tuple(size) if not isinstance(size, int) else size)
+    height, width = as_hw(size)
     if pixels.shape[1:] != (height, width):
         # antialias: without it, downscaling 900 px MVTec images aliases fine textures.
         pixels = F.interpolate(pixels[None], size=(height, width), mode="bilinear",
@@ -424,7 +425,7 @@ def read_mask(path: str | Path, size: int | tuple[int, int],
         ValueError: unreadable file, or mask and image sizes differ.
     """
     path = Path(path)
-    height, width = _as_hw(size)
+    height, width = as_hw(size)
     pixels = _decode(path)
     if image_path is not None:
         expected, mask_size = image_size(image_path), image_size(path)

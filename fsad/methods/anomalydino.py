@@ -51,6 +51,7 @@ from fsad.components.anomaly_map import anomaly_map
 from fsad.components.backbones import FeatureExtractor
 from fsad.components.dinov2 import DinoV2Features
 from fsad.data.loading import to_float
+from fsad.data.mvtec import as_hw
 from fsad.methods.base import (
     Detector,
     Embedding,
@@ -137,18 +138,19 @@ class AnomalyDINO(Detector):
 
     Args:
         backbone: ``DinoV2Features`` or a three-stage CNN ``FeatureExtractor`` (kept frozen).
-        image_size: Side of the square input images and output maps.
+        image_size: Side of the square input images and output maps, or their (H, W).
         rotation: Add the 7 rotated copies of every support (the "agnostic" preset).
         masking: Score only the PCA foreground of each test image.
         mask_threshold: Threshold on the first principal component (10 for DINOv2; on another
             backbone's scale choose it from that backbone's features).
         resolution: Side the images are resized to for a ViT (multiple of its patch size; the
-            paper: 448); ``None`` for a CNN, which sees ``image_size``.
+            paper: 448), the short side of a non-square ``image_size`` (the long one in
+            proportion); ``None`` for a CNN, which sees ``image_size``.
         sigma: Gaussian blur of the maps, in pixels (the paper: 4).
         device: Where features are computed and compared.
     """
 
-    def __init__(self, backbone: FeatureExtractor | DinoV2Features, image_size: int, rotation: bool = True, masking: bool = False,
+    def __init__(self, backbone: FeatureExtractor | DinoV2Features, image_size: int | tuple[int, int], rotation: bool = True, masking: bool = False,
                  mask_threshold: float = 10.0, resolution: int | None = None, sigma: float = 4.0, device: str = "cpu"):
         vit = isinstance(backbone, DinoV2Features)
         if vit and (resolution is None or resolution < backbone.patch_size or resolution % backbone.patch_size):
@@ -163,11 +165,18 @@ class AnomalyDINO(Detector):
         self.resolution, self.sigma, self.device = resolution, sigma, device
         self.bank: torch.Tensor | None = None  # M x D, unit rows
 
+    def _vit_size(self) -> tuple[int, int]:
+        """The ViT's input (H, W): ``resolution`` on the short side of ``image_size``, the long side in proportion,
+        rounded to the patch size (square: resolution x resolution, the paper's)."""
+        height, width = as_hw(self.image_size)
+        patch, scale = self.backbone.patch_size, self.resolution / min(height, width)
+        return tuple(max(patch, round(side * scale / patch) * patch) for side in (height, width))
+
     def _raw(self, x: torch.Tensor) -> torch.Tensor:
         """B x 3 x S x S in [0, 1] -> B x D x h x w patch features before normalisation."""
         if self.resolution is None:
             return locally_aware_features(self.backbone, x)
-        x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bicubic", antialias=True, align_corners=False)
+        x = F.interpolate(x, size=self._vit_size(), mode="bicubic", antialias=True, align_corners=False)
         return self.backbone(x.clamp(0, 1))
 
     def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,7 +200,8 @@ class AnomalyDINO(Detector):
     def architecture(self) -> dict[str, Any]:
         if self.resolution is None:
             return backbone_architecture(self.backbone, self.image_size)
-        return {"backbone": self.backbone.name, "channels": [self.backbone.channels], "image_size": self.image_size,
+        size = self.image_size if isinstance(self.image_size, int) else list(self.image_size)
+        return {"backbone": self.backbone.name, "channels": [self.backbone.channels], "image_size": size,
                 "resolution": self.resolution}
 
     def state(self) -> dict[str, Any]:
@@ -213,6 +223,6 @@ class AnomalyDINO(Detector):
             b, _, h, w = features.shape
             euclidean = nearest_distances(positions(features), self.bank, chunk=chunk)[0][:, 0]  # (B h w), unit vectors
             distances = (euclidean.square() / 2).view(b, h, w) * mask  # 1 - cos; background scores 0
-            maps.append(anomaly_map(distances, (self.image_size, self.image_size), self.sigma).cpu())
+            maps.append(anomaly_map(distances, as_hw(self.image_size), self.sigma).cpu())
             image.append(mean_top_fraction(distances.flatten(1)).cpu())
         return Scores(maps=torch.cat(maps), image=torch.cat(image))

@@ -46,7 +46,7 @@ class Scores:
     """A method's output for N test images.
 
     Attributes:
-        maps: N x S x S anomaly maps (higher = more anomalous).
+        maps: N x H x W anomaly maps (higher = more anomalous).
         image: N image scores: the map's maximum, or the method's own image score
             where its paper defines one (SPADE, PatchCore).
     """
@@ -62,7 +62,8 @@ class Detector(ABC):
         name: Registry name (the ``method`` column of the results).
         embedding_depends_on_support: True when ``embed`` must run after every ``fit``.
         min_support: The fewest support images ``fit`` accepts.
-        image_size: Side of the square images it takes and the maps it returns.
+        image_size: Side of the square images it takes and the maps it returns, or their (H, W)
+            (``fsad.data.mvtec.as_hw`` reads both).
         device: Where it computes (``cpu``, ``cuda``, ``cuda:N``); inputs and outputs are CPU tensors.
     """
 
@@ -70,7 +71,7 @@ class Detector(ABC):
     device: str = "cpu"
     embedding_depends_on_support: bool = False
     min_support: int = 1
-    image_size: int
+    image_size: int | tuple[int, int]
 
     @abstractmethod
     def embed(self, images: torch.Tensor) -> Embedding:
@@ -136,9 +137,10 @@ def module_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in module.state_dict().items()}
 
 
-def backbone_architecture(backbone: FeatureExtractor, image_size: int) -> dict[str, Any]:
-    """The backbone name, stage channels and input size: what a saved state's tensors depend on."""
-    return {"backbone": backbone.name, "channels": list(backbone.channels), "image_size": image_size}
+def backbone_architecture(backbone: FeatureExtractor, image_size: int | tuple[int, int]) -> dict[str, Any]:
+    """The backbone name, stage channels and input size (a side, or [H, W]): what a saved state's tensors depend on."""
+    return {"backbone": backbone.name, "channels": list(backbone.channels),
+            "image_size": image_size if isinstance(image_size, int) else list(image_size)}
 
 
 def gaussian_state(gaussian: Gaussian) -> dict[str, Any]:

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 
 from fsad.components.anomaly_map import anomaly_map
 from fsad.components.backbones import FeatureExtractor
+from fsad.data.mvtec import as_hw
 from fsad.methods.base import (
     Detector,
     Embedding,
@@ -67,12 +68,13 @@ OFFICIAL_RATIO = 0.01
 OFFICIAL_POSITIONS = 28 * 28
 
 
-def coreset_ratio_for(image_size: int) -> float:
-    """The ratio that keeps the official number of coreset rows per support image at ``image_size``.
+def coreset_ratio_for(image_size: int | tuple[int, int]) -> float:
+    """The ratio that keeps the official number of coreset rows per support image at ``image_size`` (a side or (H, W)).
 
-    ``0.01 * 784 / (image_size // 8)^2``, at most 1: 0.01 at 224 px, 0.031 at 128 px, 0.0077 at 256 px.
+    ``0.01 * 784 / ((H // 8) (W // 8))``, at most 1: 0.01 at 224 px, 0.031 at 128 px, 0.0077 at 256 px.
     """
-    return min(1.0, OFFICIAL_RATIO * OFFICIAL_POSITIONS / max(1, image_size // 8) ** 2)
+    height, width = as_hw(image_size)
+    return min(1.0, OFFICIAL_RATIO * OFFICIAL_POSITIONS / max(1, (height // 8) * (width // 8)))
 
 
 def locally_aware_features(backbone: FeatureExtractor, images: torch.Tensor) -> torch.Tensor:
@@ -117,7 +119,7 @@ class FastRecon(Detector):
 
     Args:
         backbone: Pretrained three-stage feature extractor (kept frozen); stages 2 and 3 are used.
-        image_size: Side of the square input images and output maps.
+        image_size: Side of the square input images and output maps, or their (H, W).
         coreset_ratio: Fraction of the support positions kept in S, in (0, 1]; ``None``:
             ``coreset_ratio_for(image_size)``, the official 1 % at 224 px scaled to keep its rows per image.
         regularization: lambda of the distribution regulariser (official: 2), >= 0.
@@ -128,7 +130,7 @@ class FastRecon(Detector):
 
     name = "fastrecon"
 
-    def __init__(self, backbone: FeatureExtractor, image_size: int, coreset_ratio: float | None = None, regularization: float = 2.0,
+    def __init__(self, backbone: FeatureExtractor, image_size: int | tuple[int, int], coreset_ratio: float | None = None, regularization: float = 2.0,
                  sigma: float = 4.0, seed: int = 0, device: str = "cpu"):
         coreset_ratio = coreset_ratio_for(image_size) if coreset_ratio is None else coreset_ratio
         if not 0 < coreset_ratio <= 1:
@@ -183,6 +185,6 @@ class FastRecon(Detector):
             queries = features.flatten(2).transpose(1, 2)  # B x hw x D
             errors = torch.linalg.vector_norm(queries - reconstruct(queries, self.mean, self.projection, self.regularization), dim=2)
             errors = errors.view(len(features), h, w)  # B x h x w
-            maps.append(anomaly_map(errors, (self.image_size, self.image_size), self.sigma).cpu())
+            maps.append(anomaly_map(errors, as_hw(self.image_size), self.sigma).cpu())
             image.append(errors.flatten(1).amax(dim=1).cpu())
         return Scores(maps=torch.cat(maps), image=torch.cat(image))

@@ -24,6 +24,7 @@ from fsad.components.anomaly_map import anomaly_map, image_scores
 from fsad.components.backbones import FeatureExtractor
 from fsad.components.gaussian import Gaussian, fit_gaussian, mahalanobis
 from fsad.components.views import SupportViewFeatures
+from fsad.data.mvtec import as_hw
 from fsad.methods.base import (
     Detector,
     Embedding,
@@ -56,7 +57,7 @@ class PaDiM(Detector):
 
     Args:
         backbone: Pretrained three-stage feature extractor (kept frozen).
-        image_size: Side of the square input images and output maps.
+        image_size: Side of the square input images and output maps, or their (H, W).
         n_channels: Feature channels kept (all when it exceeds the backbone's).
         augment_support: Fit on RegAD's 22 views of every support image.
         eps: Added to the covariance diagonal.
@@ -65,7 +66,7 @@ class PaDiM(Detector):
         device: Where features are computed and scored.
     """
 
-    def __init__(self, backbone: FeatureExtractor, image_size: int, n_channels: int = 100,
+    def __init__(self, backbone: FeatureExtractor, image_size: int | tuple[int, int], n_channels: int = 100,
                  augment_support: bool = False, eps: float = 0.01, sigma: float = 4.0, seed: int = 0,
                  device: str = "cpu"):
         self.backbone = frozen(backbone, device)
@@ -112,6 +113,6 @@ class PaDiM(Detector):
         maps = []
         for chunk in embedded[0].split(64):
             distances = mahalanobis(chunk.to(self.device), self.gaussian)  # B x h x w
-            maps.append(anomaly_map(distances, (self.image_size, self.image_size), self.sigma).cpu())
+            maps.append(anomaly_map(distances, as_hw(self.image_size), self.sigma).cpu())
         maps = torch.cat(maps)  # N x S x S
         return Scores(maps=maps, image=image_scores(maps))

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from fsad.components.anomaly_map import anomaly_map
 from fsad.components.backbones import FeatureExtractor
+from fsad.data.mvtec import as_hw
 from fsad.methods.base import (
     Detector,
     Embedding,
@@ -100,7 +101,7 @@ class PatchCore(Detector):
 
     Args:
         backbone: Pretrained three-stage feature extractor (kept frozen); stages 2 and 3 are used.
-        image_size: Side of the square input images and output maps.
+        image_size: Side of the square input images and output maps, or their (H, W).
         coreset_ratio: Fraction of support patches kept in the bank, in (0, 1].
         projection_dim: Random-projection size for the coreset distances (None: none).
         neighbours: b of the reweighting (N_b(m*)).
@@ -111,7 +112,7 @@ class PatchCore(Detector):
 
     name = "patchcore"
 
-    def __init__(self, backbone: FeatureExtractor, image_size: int, coreset_ratio: float = 1.0,
+    def __init__(self, backbone: FeatureExtractor, image_size: int | tuple[int, int], coreset_ratio: float = 1.0,
                  projection_dim: int | None = 128, neighbours: int = 9, sigma: float = 4.0, seed: int = 0,
                  device: str = "cpu"):
         if not 0 < coreset_ratio <= 1:
@@ -162,5 +163,5 @@ class PatchCore(Detector):
             distances = nearest_distances(patches, self.bank)[0].view(b, h * w)  # B x hw
             worst = distances.argmax(dim=1)  # B
             image += [reweighted_score(patches[i * h * w + int(worst[i])], self.bank, self.neighbours).cpu() for i in range(b)]
-            maps.append(anomaly_map(distances.view(b, h, w), (self.image_size, self.image_size), self.sigma).cpu())
+            maps.append(anomaly_map(distances.view(b, h, w), as_hw(self.image_size), self.sigma).cpu())
         return Scores(maps=torch.cat(maps), image=torch.stack(image))

@@ -49,7 +49,7 @@ from fsad.components.flow import Flow
 from fsad.config import ResADSettings
 from fsad.data.fingerprint import PARTS, category_fingerprint
 from fsad.data.loading import load_images, load_masks
-from fsad.data.mvtec import Category
+from fsad.data.mvtec import Category, as_hw
 from fsad.data.synthesis import AnomalySynthesizer, textures_from_folder
 from fsad.io import save_atomic
 from fsad.methods.base import (
@@ -151,7 +151,7 @@ class ResAD(Detector):
 
     Args:
         backbone: Pretrained three-stage feature extractor (kept frozen).
-        image_size: Side of the square input images and output maps.
+        image_size: Side of the square input images and output maps, or their (H, W).
         head: A trained head (``None``: a fresh one; call ``train`` or ``load`` before use).
         sigma: Gaussian blur of the maps, in pixels.
         device: Where everything runs.
@@ -159,7 +159,7 @@ class ResAD(Detector):
 
     name = "resad"
 
-    def __init__(self, backbone: FeatureExtractor, image_size: int, head: ResADHead | None = None,
+    def __init__(self, backbone: FeatureExtractor, image_size: int | tuple[int, int], head: ResADHead | None = None,
                  sigma: float = 4.0, device: str = "cpu"):
         self.backbone = frozen(backbone, device)
         self.head = (head or ResADHead(backbone.channels)).to(device).eval()
@@ -204,7 +204,7 @@ class ResAD(Detector):
                 nll = self.head.level(i, residuals(chunk, reference))[1]  # B x h x w
                 levels.append(F.interpolate(nll[:, None], size=embedded[0].shape[-2:], mode="bilinear", align_corners=False)[:, 0])
             distances = torch.stack(levels).mean(dim=0)  # B x h_0 x w_0
-            maps.append(anomaly_map(distances, (self.image_size, self.image_size), self.sigma).cpu())
+            maps.append(anomaly_map(distances, as_hw(self.image_size), self.sigma).cpu())
         maps = torch.cat(maps)
         return Scores(maps=maps, image=image_scores(maps))
 

@@ -24,6 +24,7 @@ import torch
 
 from fsad.components.anomaly_map import anomaly_map
 from fsad.components.backbones import FeatureExtractor
+from fsad.data.mvtec import as_hw
 from fsad.methods.base import (
     Detector,
     Embedding,
@@ -44,7 +45,7 @@ class SPADE(Detector):
 
     Args:
         backbone: Pretrained three-stage feature extractor (kept frozen).
-        image_size: Side of the square input images and output maps.
+        image_size: Side of the square input images and output maps, or their (H, W).
         top_k: Nearest normal images per test image (paper: 50).
         kappa: Nearest gallery features per pixel (paper: 1).
         sigma: Gaussian blur of the maps, in pixels.
@@ -53,7 +54,7 @@ class SPADE(Detector):
 
     name = "spade"
 
-    def __init__(self, backbone: FeatureExtractor, image_size: int, top_k: int = 50, kappa: int = 1,
+    def __init__(self, backbone: FeatureExtractor, image_size: int | tuple[int, int], top_k: int = 50, kappa: int = 1,
                  sigma: float = 4.0, device: str = "cpu"):
         if top_k < 1 or kappa < 1:
             raise ValueError(f"fsad/methods/spade.py: top_k and kappa must be >= 1, got {top_k}, {kappa}")
@@ -105,5 +106,5 @@ class SPADE(Detector):
                                       self.kappa)[0].mean(dim=1).view(h, w)
                     for i in range(b)
                 ])  # B x h x w
-            maps.append(anomaly_map(distances, (self.image_size, self.image_size), self.sigma).cpu())
+            maps.append(anomaly_map(distances, as_hw(self.image_size), self.sigma).cpu())
         return Scores(maps=torch.cat(maps), image=image_distances.mean(dim=1).cpu())

@@ -32,6 +32,7 @@ from fsad.components import runtime as feature_runtime
 from fsad.components.backbones import EagerStages, ExportedFeatures, FeatureExtractor, StaleGraphError, weights_key
 from fsad.components.runtime import cached_graph, check_precision, resolve_runtime
 from fsad.config import RegADConfig, resolve_device
+from fsad.data.mvtec import as_hw
 from fsad.io import atomic_path, write_json_atomic
 from fsad.methods.base import Detector
 from fsad.methods.registry import RECORD_FILE, load_detector, method_backbone
@@ -88,7 +89,7 @@ def export_detector(folder: Path, format: str = "onnx") -> dict[str, Any]:
                          "(no bf16 CPU kernels in ONNX Runtime); export --format openvino") from error
     import torch
 
-    size = (detector.image_size, detector.image_size)
+    size = as_hw(detector.image_size)  # (H, W): the graph is exported for this input size
     network = EagerStages(backbone.eval())
     _write_graph(cached_graph(network, torch.zeros(1, 3, *size, device="cpu")), format, folder)
     export = {"format": format, "file": GRAPH_FILES[format][0], "size": list(size),

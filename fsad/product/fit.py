@@ -28,6 +28,7 @@ from fsad.product.calibration import reference_scores
 from fsad.product.images import find_images
 from fsad.product.selection import AUTO, check_auto, choose_method, ranking_lines
 from fsad.product.threshold import DEFAULT_RULE, DEFAULT_TARGET_FPR, Threshold, check_rule, describe
+from fsad.product.tiling import ASPECT_SPREAD_NOTE, DEFAULT_ASPECT, TiledDetector, product_sizes
 
 DEFAULT_METHOD = "padim_views"
 
@@ -53,8 +54,8 @@ def read_settings(path: str | Path | None) -> tuple[RegADConfig, dict[str, Any]]
     return RegADConfig.from_dict(data.get("regad") or {}, source=f"{path}: regad"), dict(data.get("options") or {})
 
 
-def _read(paths: Sequence[Path], size: int) -> torch.Tensor:
-    """N x 3 x size x size float images; an unreadable file is an error naming it."""
+def _read(paths: Sequence[Path], size: int | tuple[int, int]) -> torch.Tensor:
+    """N x 3 x H x W float images; an unreadable file is an error naming it."""
     return torch.stack([read_image(p, size) for p in paths])
 
 
@@ -67,7 +68,7 @@ def _recipe(record: dict[str, Any]) -> dict[str, Any]:
     settings = dict(record.get("settings") or {})
     settings["regad"] = {k: v for k, v in (settings.get("regad") or {}).items() if k != "device"}  # where it ran, not what it is
     method = AUTO if record.get("selection") else record.get("method")  # an auto folder is refitted by auto alike
-    return {"method": method, "settings": settings,
+    return {"method": method, "settings": settings, "tiling": record.get("tiling"),
             **{k: (record.get(k) or {}).get("fingerprint") for k in ("support", "good", "model")}}
 
 
@@ -116,7 +117,7 @@ def _check_method(method: str, regad: RegADConfig, options: dict[str, Any], mode
 def fit_product(images: Sequence[str | Path], method: str, regad: RegADConfig, options: dict[str, Any] | None = None,
                 model_path: Path | None = None, good: Sequence[str | Path] = (), out: Path = Path("detector"),
                 force: bool = False, progress: bool = True, threshold: str = DEFAULT_RULE,
-                target_fpr: float = DEFAULT_TARGET_FPR) -> dict[str, Any]:
+                target_fpr: float = DEFAULT_TARGET_FPR, aspect: str = DEFAULT_ASPECT, tile: int | None = None) -> dict[str, Any]:
     """Fit ``method`` on the K images of ``images``, set the threshold, save the detector folder ``out``.
 
     Args:
@@ -128,6 +129,8 @@ def fit_product(images: Sequence[str | Path], method: str, regad: RegADConfig, o
         out: The detector folder to write (replaced as a whole).
         force: Replace a detector of other images or settings in ``out``.
         threshold, target_fpr: The rule of ``fsad.product.threshold.RULES`` and its false-positive rate.
+        aspect, tile: How images meet the detector (``fsad.product.tiling.product_sizes``): ``keep``
+            their aspect ratio or squash them ``square``; ``tile``: tiles across the short side.
 
     Returns:
         The record written to ``out/detector.json``.
@@ -143,50 +146,70 @@ def fit_product(images: Sequence[str | Path], method: str, regad: RegADConfig, o
     auto = method == AUTO
     if auto:
         check_auto(k, options, model_path)
+        if tile is not None:
+            raise ValueError("fsad fit: --method auto ranks the methods on whole images and cannot rank tiled ones; "
+                             "give --method (e.g. padim_views) with --tile, or drop --tile")
     else:
         detector, leave_one_out = _check_method(method, regad, options, model_path, k, bool(extra), rule.needs, threshold)
+    sized, sizes = product_sizes(regad, [p for p, _ in support], aspect, tile)  # from the files' headers
+    if sized != regad:
+        regad = sized
+        if not auto:
+            detector = build_detector(method, regad, options, model_path)
+    if tile is not None:
+        detector = TiledDetector(detector, tuple(sizes["size"]))
     record: dict[str, Any] = {
         "support": {"count": k, "images": [str(p) for p, _ in support], "fingerprint": _fingerprint([p for p, _ in support])},
         "good": {"count": len(extra), "images": [str(p) for p, _ in extra],
                  "fingerprint": _fingerprint([p for p, _ in extra]) if extra else None},
         "model": {"path": str(model_path), "fingerprint": _fingerprint([Path(model_path)])} if model_path else None,
+        "image": sizes, "tiling": detector.record() if tile is not None else None,
     }
     _check_out(out, _recipe({"method": method, "settings": {"regad": regad.to_dict(), "options": options}, **record}), force)
 
-    size = regad.image_size
-    support_images = _read([p for p, _ in support], size)  # K x 3 x S x S
+    size = tuple(sizes["size"])  # (H, W) the detector (tiled: the whole image) takes
+    support_images = _read([p for p, _ in support], size)  # K x 3 x H x W
     if auto:  # the ranking's fits are its own; the chosen method is then fitted as --method would fit it
         record["selection"] = choose_method(support_images, regad, progress=progress)
         method = record["selection"]["chosen"]
         detector, leave_one_out = _check_method(method, regad, options, model_path, k, bool(extra), rule.needs, threshold)
-    extra_images = _read([p for p, _ in extra], size) if extra else None  # G x 3 x S x S
+    extra_images = _read([p for p, _ in extra], size) if extra else None  # G x 3 x H x W
     image_refs, map_refs = reference_scores(detector, support_images, extra_images, leave_one_out, rule.needs, progress)
     levels = Threshold.from_rule(threshold, image_refs, map_refs, target_fpr)
     record["threshold"] = {"rule": threshold, "description": describe(threshold, target_fpr),
                            "target_fpr": target_fpr if rule.uses_target_fpr else None, **asdict(levels),
                            **{f"{kind}_scores": getattr(image_refs, kind).tolist()
                               for kind in ("leave_one_out", "good", "views", "synthetic")}}
-    save_detector(out, detector, regad, options, record)
+    save_detector(out, getattr(detector, "inner", detector), regad, options, record)
     return record
 
 
 def fit_command(images: Sequence[str], method: str | None, model: str | None, config: str | None, good: Sequence[str],
                 out: str, force: bool, threshold: str = DEFAULT_RULE, target_fpr: float = DEFAULT_TARGET_FPR,
-                device: str | None = None) -> None:
-    """``fsad fit``: fit (on ``device`` when given, else the config's), then print where the detector went and its threshold."""
+                device: str | None = None, image_size: Sequence[int] | None = None, aspect: str | None = None,
+                tile: int | None = None) -> None:
+    """``fsad fit``: fit (on ``device`` when given, else the config's; at ``image_size`` when given, one side or
+    H W), then print where the detector went and its threshold."""
     regad, options = read_settings(config)
     regad = regad if device is None else regad.replace(device=device)
+    if image_size is not None:
+        regad = RegADConfig.from_dict({**regad.to_dict(), "image_size": list(image_size)}, source="fsad fit --image-size")
     method = method or DEFAULT_METHOD
     tic = time.perf_counter()
     record = fit_product(images, method, regad, options, Path(model) if model else None, good or (), Path(out), force,
-                         threshold=threshold, target_fpr=target_fpr)
-    threshold = record["threshold"]
+                         threshold=threshold, target_fpr=target_fpr, aspect=aspect or DEFAULT_ASPECT, tile=tile)
+    threshold, sizes = record["threshold"], record["image"]
     if "selection" in record:
         print("\n".join(ranking_lines(record["selection"])))
         method = record["selection"]["chosen"]
-    print(f"{method} fitted on K = {record['support']['count']} images ({regad.image_size} px, "
+    tiles = f" in {record['tiling']['tiles']} tiles of {' x '.join(map(str, record['tiling']['tile']))}" if record["tiling"] else ""
+    print(f"{method} fitted on K = {record['support']['count']} images ({' x '.join(map(str, sizes['size']))} px{tiles}, "
           f"{len(threshold['leave_one_out_scores'])} leave-one-out, {len(threshold['views_scores'])} view, "
           f"{len(threshold['synthetic_scores'])} synthetic + {len(threshold['good_scores'])} good reference scores): "
           f"image threshold {threshold['image']:.4g}, pixel threshold {threshold['pixel']:.4g}")
+    low, _, high = sizes["aspects"]
+    if sizes["aspect"] == "keep" and high / low > ASPECT_SPREAD_NOTE:
+        print(f"note: the support images' aspect ratios (width / height) range {low:.2f} - {high:.2f}; every image is "
+              f"scored at {' x '.join(map(str, sizes['size']))} px (their median's), so images of other shapes are stretched")
     print(f"threshold rule {threshold['description']}")
     print(f"detector: {Path(out)} ({RECORD_FILE} says what made it); {time.perf_counter() - tic:.1f} s")

@@ -31,6 +31,7 @@ from fsad.product.export import load_exported
 from fsad.product.images import find_images
 from fsad.product.report import thumbnail, write_report
 from fsad.product.threshold import Threshold
+from fsad.product.tiling import from_record
 
 PREDICTIONS_FILE = "predictions.csv"
 PREDICT_BATCH = 16
@@ -69,11 +70,11 @@ def _write_png(path: Path, pixels: np.ndarray) -> None:
         Image.fromarray(pixels).save(tmp, format="PNG")
 
 
-def _batches(found: Sequence[tuple[Path, str]], size: int):
+def _batches(found: Sequence[tuple[Path, str]], size: int | tuple[int, int]):
     """Read ``found`` in batches of at most ``PREDICT_BATCH`` images and ``PREDICT_PIXELS`` original pixels.
 
     Yields:
-        ``[(path, name, original 3 x H x W uint8, resized 3 x size x size float)]`` and
+        ``[(path, name, original 3 x H x W uint8, resized 3 x h x w float)]`` (h x w: ``size``) and
         ``[(path, error message)]`` of the files that could not be read. The original is
         at the image's own size, downscaled to at most ``OVERLAY_PIXELS``.
     """
@@ -84,7 +85,7 @@ def _batches(found: Sequence[tuple[Path, str]], size: int):
         except (ValueError, FileNotFoundError) as error:
             failed.append((path, str(error)))
             continue
-        resized = resize_image(original, size)  # 3 x size x size: what the detector scores
+        resized = resize_image(original, size)  # 3 x h x w: what the detector scores
         height, width = original.shape[1:]
         factor = downscale_factor(width, height, OVERLAY_PIXELS)
         if factor > 1:
@@ -112,6 +113,7 @@ def predict_product(detector_dir: Path, images: Sequence[str | Path], out: Path,
         "selection" (the ranking of ``fsad fit --method auto``, or None), "seconds"}``; ``seconds``: reading, scoring and writing the images.
     """
     detector, record = load_exported(Path(detector_dir), device=device)  # fsad export's graph, where the folder has one
+    detector = from_record(detector, record)  # tiled as fsad fit --tile made it
     found = find_images(images)
     out = Path(out).resolve()
     for given in map(Path, images):

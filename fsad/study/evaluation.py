@@ -58,14 +58,14 @@ class TestSet:
 
     __test__ = False  # a data class, not a pytest test class
 
-    images: torch.Tensor  # N x 3 x S x S uint8
+    images: torch.Tensor  # N x 3 x H x W uint8
     labels: np.ndarray  # N
-    masks: torch.Tensor  # N x S x S
+    masks: torch.Tensor  # N x H x W
     has_masks: bool
     files: list[str] = field(default_factory=list)
 
     @classmethod
-    def load(cls, category: Category, size: int) -> TestSet:
+    def load(cls, category: Category, size: int | tuple[int, int]) -> TestSet:
         labels = np.array([s.label for s in category.test])
         files = [s.path.relative_to(category.path).as_posix() for s in category.test]
         return cls(load_images(category.test, size, desc=f"test {category.name}"), labels, load_masks(category.test, size),
@@ -129,13 +129,13 @@ def evaluate_detector(
         keep: ``(K, set index)`` pairs whose scores (maps included) to return.
         progress: Show a tqdm bar over the support sets.
     """
-    size = test.images.shape[-1]
+    size = tuple(test.images.shape[-2:])  # (H, W): the support is read at the test images' shape
     warm_up(detector.device)  # else the first fit_seconds would hold CUDA's start-up
     embedded = None if detector.embedding_depends_on_support else detector.embed(test.images)
     rows, kept, seconds = [], {}, {"fit_seconds": 0.0, "predict_seconds": 0.0}
     jobs = [(k, i, paths) for k in sorted(support_sets) for i, paths in enumerate(support_sets[k])]
     for k, i, paths in tqdm(jobs, desc=f"{detector.name} {category.name}", disable=not progress, leave=False):
-        support = load_images(support_samples(category, paths), size)  # K x 3 x S x S
+        support = load_images(support_samples(category, paths), size)  # K x 3 x H x W
         tic = clock(detector.device)
         detector.fit(support)
         fitted = clock(detector.device)  # the fit's queued GPU work counts as fit time

@@ -47,9 +47,15 @@ def test_translation_by_a_tenth_of_the_half_size():
     assert shifts[4:] == pytest.approx([3.2] * 4, abs=0.05)
 
 
-def test_non_square_is_refused():
-    with pytest.raises(ValueError, match="square"):
-        support_views(torch.rand(1, 3, 32, 48))
+def test_non_square_views_keep_the_shape_and_quarter_turns_are_resized_back():
+    images = torch.zeros(1, 3, 32, 80)  # H x W = 32 x 80
+    images[..., :8, :] = 1.0  # a bright top band: a quarter turn puts it on the left (k = 1) or right (k = 3)
+    views = support_views(images)
+    assert views.shape == (1, 22, 3, 32, 80)
+    assert torch.equal(views[0, 20], images[0].flip(-1).flip(-2))  # 180 degrees needs no resize
+    left, right = views[0, 19, 0, :, :20].mean(), views[0, 19, 0, :, -20:].mean()
+    assert left > 0.9 and right < 0.1  # k = 1 (counter-clockwise): the top band is now the left band
+    assert views[0, 21, 0, :, -20:].mean() > 0.9
 
 
 def _counting_extract(calls: list[int]):

@@ -18,7 +18,7 @@ import torch
 from fsad.components.backbones import build_backbone
 from fsad.config import RegADConfig, training_settings
 from fsad.data.fingerprint import category_fingerprint
-from fsad.data.mvtec import Category
+from fsad.data.mvtec import Category, as_hw
 from fsad.methods.regad.network import RegAD
 from fsad.seed import seed_everything
 
@@ -98,7 +98,7 @@ def checkpoint_differences(state: dict[str, Any], settings: RegADConfig, categor
 def build_model(config: RegADConfig) -> RegAD:
     """A RegAD network for ``config`` (backbone weights per ``config.pretrained``)."""
     backbone = build_backbone(config.backbone, pretrained=config.pretrained, normalize=config.normalize)
-    return RegAD(backbone, (config.image_size, config.image_size), config.stn_mode, predictor_bias=config.predictor_bias,
+    return RegAD(backbone, as_hw(config.image_size), config.stn_mode, predictor_bias=config.predictor_bias,
                  inverse_warp=config.inverse_warp)
 
 

@@ -24,6 +24,7 @@ from fsad.components.backbones import ModuleSnapshot
 from fsad.components.gaussian import Gaussian, fit_gaussian, mahalanobis
 from fsad.components.views import SupportViewFeatures
 from fsad.config import RegADConfig, resolve_device
+from fsad.data.mvtec import as_hw
 from fsad.methods.base import Detector, Embedding, Scores, gaussian_from_state, gaussian_state, module_state, to_float
 from fsad.methods.regad.checkpoint import ARCHITECTURE_KEYS
 from fsad.methods.regad.network import RegAD
@@ -70,11 +71,11 @@ def fit_support(model: RegAD, support: torch.Tensor, config: RegADConfig, device
 
 @torch.inference_mode()
 def score_maps(gaussian: Gaussian, features: torch.Tensor, config: RegADConfig, device: str) -> torch.Tensor:
-    """N x S x S anomaly maps of test features against a support Gaussian."""
+    """N x H x W anomaly maps of test features against a support Gaussian (H x W: ``config.image_size``)."""
     maps = []
     for chunk in features.split(64):
         distances = mahalanobis(chunk.to(device), gaussian)  # B x h x w
-        maps.append(anomaly_map(distances, (config.image_size, config.image_size), config.blur_sigma).cpu())
+        maps.append(anomaly_map(distances, as_hw(config.image_size), config.blur_sigma).cpu())
     return torch.cat(maps)
 
 
