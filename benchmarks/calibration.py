@@ -47,6 +47,7 @@ from statistics import NormalDist
 import numpy as np
 import pandas as pd
 import torch
+from scipy.stats import binom
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -265,8 +266,25 @@ def measured_shift(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def band_ceiling(good_counts: list[int], low: float = 0.005, high: float = 0.10) -> tuple[float, float]:
+    """The best share of (category, draw) pairs whose measured FPR can fall in [low, high]: a rule whose true FPR is
+    exactly p on every draw flags each of a pair's n good test images with probability p, so its measured FPR is
+    Binomial(n, p) / n; returns (the largest mean in-band probability over p, that p). No rule does better on
+    average over these test splits, however well calibrated."""
+    def in_band(p: float) -> float:
+        return float(np.mean([binom.cdf(np.floor(high * n), n, p) - binom.cdf(np.ceil(low * n) - 1, n, p)
+                              for n in good_counts]))
+    best = max((in_band(p), p) for p in np.linspace(0.001, 0.3, 600))
+    return best
+
+
 def summarise(out: Path) -> tuple[pd.DataFrame, int]:
     rows = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
+    for k in sorted({row["k"] for row in rows}):
+        counts = [int((np.array(row["labels"]) == 0).sum()) for row in rows if row["k"] == k]
+        share, p = band_ceiling(counts)
+        print(f"K = {k}: at best {100 * share:.1f} % of the {len(counts)} (category, draw) pairs can show an FPR in "
+              f"0.5-10 % (a rule with true FPR {100 * p:.1f} % on every draw; test/good sizes {sorted(set(counts))})")
     shift = measured_shift(rows)
     if len(shift):
         by_k = shift.groupby(["data", "k"])[["ratio", "view_ratio"]].median().reset_index()
