@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tables-only", action="store_true", help="do not run: write the tables of --out")
     p.set_defaults(func=cmd_ablate)
 
-    from fsad.product.selection import AUTO_HELP
+    from fsad.product.candidates import AUTO_HELP
     from fsad.product.threshold import DEFAULT_RULE, DEFAULT_TARGET_FPR, RULE_NAMES, THRESHOLD_RULE
 
     p = sub.add_parser("fit", help="fit a detector on K good images of a new product, with a threshold",

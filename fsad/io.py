@@ -164,6 +164,18 @@ def write_csv_atomic(path: str | Path, frame: pd.DataFrame, index: bool = False)
         frame.to_csv(tmp, index=index)
 
 
+def write_rows_atomic(path: str | Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    """Write ``rows`` (dicts of str / float / None) as CSV with ``columns`` atomically: what
+    ``write_csv_atomic`` writes of ``pd.DataFrame(rows, columns=columns)`` (a missing or None value
+    is an empty field), without importing pandas (``fsad predict``'s start-up)."""
+    import csv
+
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows([["" if row.get(c) is None else row[c] for c in columns] for row in rows])
+
+
 def save_figure_atomic(figure, path: str | Path, dpi: int = 120) -> Path:
     """Save a matplotlib figure (format from the suffix of ``path``) atomically; returns ``path``."""
     with atomic_path(path) as tmp:
@@ -171,4 +183,4 @@ def save_figure_atomic(figure, path: str | Path, dpi: int = 120) -> Path:
     return Path(path)
 
 
-__all__ = ["atomic_dir", "atomic_path", "remove_stale_temporaries", "save_atomic", "save_figure_atomic", "write_csv_atomic", "write_json_atomic", "write_text_atomic"]
+__all__ = ["atomic_dir", "atomic_path", "remove_stale_temporaries", "save_atomic", "save_figure_atomic", "write_csv_atomic", "write_json_atomic", "write_rows_atomic", "write_text_atomic"]

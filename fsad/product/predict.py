@@ -18,14 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
 from fsad.data.mvtec import downscale_factor, read_image, resize_image
-from fsad.io import atomic_dir, atomic_path, write_csv_atomic
+from fsad.io import atomic_dir, atomic_path, write_rows_atomic
 from fsad.methods.base import to_float
 from fsad.product.export import load_exported
 from fsad.product.images import find_images
@@ -154,7 +153,7 @@ def predict_product(detector_dir: Path, images: Sequence[str | Path], out: Path,
         (out / "masks").rmdir()  # atomic_dir made it; nothing was asked of it
     columns = ["path", "score", "normalised_score", "label", "heatmap"] + (["mask"] if masks else []) + ["error"]
     seconds = time.perf_counter() - tic
-    write_csv_atomic(out / PREDICTIONS_FILE, pd.DataFrame(rows, columns=columns))
+    write_rows_atomic(out / PREDICTIONS_FILE, rows, columns)
     report = write_report(out, rows, record, Path(detector_dir), thumbnails, seconds)
     return {"csv": out / PREDICTIONS_FILE, "heatmaps": out / "heatmaps", "masks": out / "masks" if masks else None,
             "report": report, "images": len(found), "anomalous": sum(r["label"] == "anomalous" for r in rows),

@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from fsad.io import atomic_dir, atomic_path, write_csv_atomic, write_json_atomic
+from fsad.io import atomic_dir, atomic_path, write_csv_atomic, write_json_atomic, write_rows_atomic
 
 
 class Interrupted(Exception):
@@ -17,10 +17,9 @@ class Interrupted(Exception):
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     target = tmp_path / "out" / "table.csv"
     write_csv_atomic(target, pd.DataFrame({"a": [1]}))
-    with pytest.raises(Interrupted):
-        with atomic_path(target) as tmp:
-            tmp.write_text("half")
-            raise Interrupted
+    with pytest.raises(Interrupted), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise Interrupted
     assert target.read_text() == "a\n1\n"
     assert sorted(p.name for p in target.parent.iterdir()) == ["table.csv"]
 
@@ -36,10 +35,9 @@ def test_a_folder_is_replaced_whole_or_not_at_all(tmp_path):
     folder = tmp_path / "prepared"
     with atomic_dir(folder) as tmp:
         (tmp / "old_category.json").write_text("{}")
-    with pytest.raises(Interrupted):
-        with atomic_dir(folder) as tmp:
-            (tmp / "new.json").write_text("{}")
-            raise Interrupted
+    with pytest.raises(Interrupted), atomic_dir(folder) as tmp:
+        (tmp / "new.json").write_text("{}")
+        raise Interrupted
     assert [p.name for p in folder.iterdir()] == ["old_category.json"]
     with atomic_dir(folder) as tmp:
         (tmp / "new.json").write_text("{}")
@@ -97,3 +95,16 @@ def test_files_get_the_mode_of_a_plain_write_not_a_private_one(tmp_path):
         assert kept.stat().st_mode & 0o777 == 0o640
     finally:
         os.umask(old)
+
+
+def test_rows_are_written_as_pandas_writes_their_frame(tmp_path):
+    """fsad predict writes predictions.csv without pandas: byte for byte what DataFrame.to_csv writes."""
+    rows = [{"path": "a, b/\"c\".png", "score": 12.345678901234567, "normalised_score": 0.1, "label": "normal",
+             "heatmap": "h/a.png"},
+            {"path": "x.png", "label": "error", "error": "cannot read: truncated"},
+            {"path": "y.png", "score": 1e-7, "normalised_score": 3.0, "label": "anomalous", "heatmap": "h/y.png",
+             "error": None}]
+    columns = ["path", "score", "normalised_score", "label", "heatmap", "error"]
+    write_rows_atomic(tmp_path / "rows.csv", rows, columns)
+    write_csv_atomic(tmp_path / "frame.csv", pd.DataFrame(rows, columns=columns))
+    assert (tmp_path / "rows.csv").read_bytes() == (tmp_path / "frame.csv").read_bytes()

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
@@ -244,5 +243,7 @@ def train_regad(
     save_atomic({"config": config.to_dict(), "model": model.state_dict(), "history": history, "train_categories": names,
                  "train_fingerprints": fingerprints, "train_images": counts}, out_dir / MODEL_NAME)
     if monitor is not None:
+        import pandas as pd  # here: the methods package is imported by fsad predict, which needs no pandas
+
         write_csv_atomic(out_dir / EPOCHS_CSV, pd.DataFrame(history))
     return model.eval()
