@@ -153,8 +153,10 @@ def figure(table: pd.DataFrame, by_category: pd.DataFrame, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def summary(runs: list[Path], figure_path: Path | None) -> None:
+def summary(runs: list[Path], figure_path: Path | None, targets: list[str] | None = None) -> None:
     results = read(runs)
+    if targets:  # the same targets behind every pool's mean
+        results = results[results["category"].isin(targets)]
     if results.empty:
         print("no finished run")
         return
@@ -163,10 +165,11 @@ def summary(runs: list[Path], figure_path: Path | None) -> None:
           "(sets where trained is higher), the targets both have:\n")
     print(gain_table(table))
     by_category = per_category(results)
-    print("\nImage AUROC gain per category (last epoch, points, mean ± std over the support sets):\n")
-    wide = by_category[by_category["method"] == "regad"].assign(
-        cell=lambda d: d["mean"].map("{:+.1f}".format) + "±" + d["std"].map("{:.1f}".format))
-    print(wide.pivot_table(index=["category", "pool", "seed"], columns="shots", values="cell", aggfunc="first").to_markdown())
+    for method, label in (("regad", "last epoch"), ("regad_pool_selected", "honest epoch choice")):
+        print(f"\nImage AUROC gain per category ({label}, points, mean ± std over the support sets):\n")
+        wide = by_category[by_category["method"] == method].assign(
+            cell=lambda d: d["mean"].map("{:+.1f}".format) + "±" + d["std"].map("{:.1f}".format))
+        print(wide.pivot_table(index=["category", "pool", "seed"], columns="shots", values="cell", aggfunc="first").to_markdown())
     history = epochs(runs)
     if not history.empty and "pool_image_auroc" in history:
         print("\nThe epoch choice per model (target image AUROC on the diagnostic subset: 1 set at K = 2):\n")
@@ -180,8 +183,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="run folders of fsad run (finished targets are read)")
     parser.add_argument("--figure", type=Path, help="the PNG of the gain against pool size")
+    parser.add_argument("--targets", nargs="+", help="only these target categories (the same ones behind every pool's mean)")
     args = parser.parse_args()
-    summary(args.runs, args.figure)
+    summary(args.runs, args.figure, args.targets)
 
 
 if __name__ == "__main__":
