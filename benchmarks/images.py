@@ -120,6 +120,33 @@ def summary(out: Path) -> pd.DataFrame:
     return table
 
 
+def make_strips(source: Path, out: Path, categories: list[str], fraction: float = 0.4) -> None:
+    """A non-square product from the real images held here: of every image of ``categories`` in ``source`` (MVTec
+    layout), a full-height strip ``fraction`` of the width wide (2.5:1 for 0.4), centred on the image, or on the
+    defect's mask for a defective one (the mask cut alike), written to ``out/<category>_strips`` in MVTec layout."""
+    from PIL import Image
+
+    for category in categories:
+        for path in sorted((source / category).glob("t*/*/*")):
+            split, kind = path.parts[-3], path.parts[-2]
+            image = Image.open(path)
+            width, height = image.size
+            strip = round(fraction * width)
+            x0, mask = (width - strip) // 2, None
+            if kind != "good":
+                mask = np.array(Image.open(source / category / "ground_truth" / kind / f"{path.stem}_mask.png").convert("L")) > 0
+                columns = np.nonzero(mask.any(axis=0))[0]
+                centre = int(columns.mean()) if len(columns) else width // 2
+                x0 = min(max(centre - strip // 2, 0), width - strip)
+            target = out / f"{category}_strips" / split / kind / f"{path.stem}.png"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            image.crop((x0, 0, x0 + strip, height)).save(target)
+            if mask is not None:
+                target = out / f"{category}_strips" / "ground_truth" / kind / f"{path.stem}_mask.png"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray((mask[:, x0:x0 + strip] * 255).astype(np.uint8)).save(target)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/images")
@@ -131,7 +158,11 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=3)
     parser.add_argument("--image-size", type=int, default=128, help="S: the square's side, the short side, the tile")
     parser.add_argument("--summary", action="store_true", help="only print the table of the rows in --out")
+    parser.add_argument("--make-strips", metavar="DIR", help="first write 2.5:1 strips of fsad-mini's metal_plate and pcb to "
+                        "DIR (then pass --categories DIR:metal_plate_strips DIR:pcb_strips)")
     args = parser.parse_args()
+    if args.make_strips:
+        make_strips(resolve_dataset("fsad-mini"), Path(args.make_strips), ["metal_plate", "pcb"])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if not args.summary:
