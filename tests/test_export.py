@@ -9,19 +9,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from cli_helpers import fsad
 
 import fsad as fsad_package
-from fsad.cli import main
 from fsad.components import runtime
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
 CONFIG = "regad:\n  pretrained: false\n  image_size: 32\n  device: cpu\n  runtime: {runtime}\n"
-
-
-def fsad(*argv) -> None:
-    main([str(a) for a in argv])
 
 
 def fit(toy_root: Path, tmp: Path, method: str = "padim_views", runtime_name: str = "onnxruntime") -> Path:

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from cli_helpers import fails, fsad
 from PIL import Image
 
-from fsad.cli import main
 from fsad.config import RegADConfig
 from fsad.data.mvtec import load_category
 from fsad.data.support_sets import make_support_sets
@@ -22,21 +22,6 @@ from fsad.product.tiling import TiledDetector, tile_starts
 from fsad.study.evaluation import TestSet, evaluate_detector
 
 CONFIG = "regad:\n  pretrained: false\n  device: cpu\n"
-
-
-def fsad(*argv: object) -> None:
-    main([str(a) for a in argv])
-
-
-def fails(capsys, *argv: object) -> str:
-    """Run ``fsad argv``: it must exit with code 2 and one line on stderr; returns that line."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        fsad(*argv)
-    assert exit_info.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("fsad: error: "), lines
-    return lines[0]
 
 
 def product(root: Path, height: int, width: int, defect: bool = False) -> Path:

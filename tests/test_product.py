@@ -13,29 +13,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from cli_helpers import fails, fsad
 from PIL import Image
 
-from fsad.cli import main
 from fsad.methods.registry import load_detector
 from fsad.product.calibration import reference_scores, synthetic_anomalies
 from fsad.product.threshold import References, Threshold
 
 CONFIG = "regad:\n  pretrained: false\n  image_size: 32\n  device: cpu\n"
-
-
-def fsad(*argv: str) -> None:
-    main([str(a) for a in argv])
-
-
-def fails(capsys, *argv: str) -> str:
-    """Run ``fsad argv``: it must exit with code 2 and one line on stderr; returns that line."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        fsad(*argv)
-    assert exit_info.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("fsad: error: "), lines
-    return lines[0]
 
 
 def png16_rgb(path: Path, pixels: np.ndarray) -> Path:
