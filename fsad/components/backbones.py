@@ -216,7 +216,6 @@ class ExportedFeatures(nn.Module):
         super().__init__()
         self.name, self.channels = name, _spec(name).channels
         self.size, self.weights = tuple(size), weights
-        self.runtime, self.precision = runtime, precision
         self._onnx = graph_features(runtime, self, precision, {self.size: Path(graph)})  # the graph given: it never exports
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:

@@ -65,6 +65,11 @@ def openvino_available() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
+def installed(runtime: str) -> bool:
+    """Whether the package of graph runtime ``runtime`` (``"onnxruntime"`` or ``"openvino"``) is installed."""
+    return {"onnxruntime": onnxruntime_available, "openvino": openvino_available}[runtime]()
+
+
 def check_precision(runtime: str, precision: str) -> None:
     """Refuse an unknown precision, and bf16 in ONNX Runtime (its CPU kernels compute fp32 only)."""
     if precision not in PRECISIONS:
@@ -89,13 +94,12 @@ def resolve_runtime(name: str, device: str, precision: str = "fp32") -> str:
     if name == "torch":
         return "torch"
     if name == "auto":
-        available = {"onnxruntime": onnxruntime_available, "openvino": openvino_available}
         preferred = ("onnxruntime", "openvino") if precision == "fp32" else ("openvino",)
-        return next((r for r in preferred if on_cpu and available[r]()), "torch")
+        return next((r for r in preferred if on_cpu and installed(r)), "torch")
     if not on_cpu:
         warnings.warn(f"runtime {name} runs on the CPU only; features on {device} use PyTorch", stacklevel=2)
         return "torch"
-    if not {"onnxruntime": onnxruntime_available, "openvino": openvino_available}[name]():
+    if not installed(name):
         warnings.warn(f"runtime {name} asked for but the package is not installed (pip install {name}); "
                       "features use PyTorch", stacklevel=2)
         return "torch"
@@ -250,4 +254,4 @@ def graph_features(runtime: str, network: nn.Module, precision: str = "fp32",
 
 
 __all__ = ["OPSET", "PRECISIONS", "RUNTIMES", "OnnxFeatures", "OpenVinoFeatures", "cached_graph", "check_precision",
-           "export_graph", "graph_features", "graph_key", "openvino_available", "resolve_runtime", "runtime_cache_dir"]
+           "export_graph", "graph_features", "graph_key", "installed", "openvino_available", "resolve_runtime", "runtime_cache_dir"]

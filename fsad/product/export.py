@@ -71,7 +71,7 @@ def export_detector(folder: Path, format: str = "onnx") -> dict[str, Any]:
     """
     if format not in FORMATS:
         raise ValueError(f"fsad export: unknown --format {format!r}; choose from {', '.join(FORMATS)}")
-    if format == "openvino" and not feature_runtime.openvino_available():
+    if format == "openvino" and not feature_runtime.installed("openvino"):
         raise ValueError("fsad export: --format openvino needs the openvino package (pip install openvino); "
                          "or export --format onnx")
     folder = Path(folder)
@@ -120,7 +120,7 @@ def _exported_runtime(export: dict[str, Any], regad: RegADConfig) -> str | None:
     runtime = RUNTIME_OF[export["format"]]
     if regad.runtime not in ("auto", runtime) or (runtime == "onnxruntime" and regad.precision != "fp32"):
         return None
-    if not {"onnxruntime": feature_runtime.onnxruntime_available, "openvino": feature_runtime.openvino_available}[runtime]():
+    if not feature_runtime.installed(runtime):
         warnings.warn(f"the detector's features were exported for {runtime}, which is not installed here (pip install "
                       f"{runtime}); they run as its settings say (runtime {regad.runtime})", stacklevel=3)
         return None
