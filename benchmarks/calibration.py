@@ -99,19 +99,8 @@ class CachedPaDiMViews(PaDiM):
         self.stats.clear()
 
     def embed(self, images: torch.Tensor):
-        """Features of ``images`` from the disk cache (computed in one batch for the new ones); N x d x h x w.
-
-        Kept on disk only (the page cache holds them): at 224 px a feature map is 1.9 MB, and a
-        category's 600-1000 images in memory beside the scatters got the process killed for memory.
-        """
-        images = to_float(images)
-        paths = [self.folder / f"{_key(image)}.pt" for image in images]
-        missing = [i for i, path in enumerate(paths) if not path.is_file()]
-        if missing:
-            (computed,) = super().embed(images[missing])  # one batch for the new images
-            for i, features in zip(missing, computed):
-                torch.save(features.clone(), paths[i])
-        return (torch.stack([torch.load(path, weights_only=True) for path in paths]),)  # N x d x h x w
+        """Features of ``images`` from the disk cache (``cached_embedding``); N x d x h x w."""
+        return cached_embedding(super().embed, images, self.folder)
 
     def _view_stats(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         key = _key(image)
@@ -148,6 +137,42 @@ class CachedPaDiMViews(PaDiM):
         self.gaussian = Gaussian(mean=mean.float(), factor=factor, eps=self.eps, low_rank=False, size=(side, side))
 
 
+def cached_embedding(embed, images: torch.Tensor, folder: Path):
+    """``embed(images)`` with each image's part kept on disk under a hash of its pixels (the new ones in one batch).
+
+    Kept on disk only (the page cache holds them): at 224 px a feature map is 1.9 MB, and a category's
+    600-1000 images in memory beside padim_views' scatters got the process killed for memory.
+    """
+    images = to_float(images)
+    paths = [folder / f"{_key(image)}.pt" for image in images]
+    missing = [i for i, path in enumerate(paths) if not path.is_file()]
+    if missing:
+        computed = embed(images[missing])  # a tuple of tensors indexed by image
+        for j, i in enumerate(missing):
+            torch.save(tuple(part[j].clone() for part in computed), paths[i])
+    parts = [torch.load(path, weights_only=True) for path in paths]
+    parts = [part if isinstance(part, tuple) else (part,) for part in parts]  # caches written before: one tensor
+    return tuple(torch.stack(column) for column in zip(*parts))
+
+
+def cached_detector(method: str, regad: RegADConfig, folder: Path):
+    """The product's ``method`` (its backbone, channel draw, options) with its features cached per image.
+
+    padim_views is fitted from per-image statistics (``CachedPaDiMViews``); any other method keeps its own fit and
+    predict, only its ``embed`` reads the cache (AnomalyDINO's 8 rotated copies of a support image included).
+    """
+    reference = build_detector(method, regad)
+    folder = folder / f"{method}_{regad.backbone}_{regad.image_size}"
+    if method == "padim_views":
+        detector = CachedPaDiMViews(reference.backbone, regad.image_size, eps=regad.eps, sigma=regad.blur_sigma, folder=folder)
+        detector.channels = reference.channels
+        return detector
+    folder.mkdir(parents=True, exist_ok=True)
+    embed = reference.embed
+    reference.embed = lambda images: cached_embedding(embed, images, folder)  # an instance attribute: fit uses it too
+    return reference
+
+
 def _category_root(data: str, fsad_mini: Path) -> Path:
     from fsad.study.experiment import resolve_dataset
 
@@ -155,7 +180,7 @@ def _category_root(data: str, fsad_mini: Path) -> Path:
 
 
 def run(out: Path, cache: Path, shots: tuple[int, ...], draws: int, categories: list[tuple[str, str]], fsad_mini: Path,
-        image_size: int) -> None:
+        image_size: int, method: str = "padim_views") -> None:
     """Score every (category, K, draw); one JSON line each in ``out/scores.jsonl`` (resumable)."""
     regad = RegADConfig(image_size=image_size)
     out.mkdir(parents=True, exist_ok=True)
@@ -164,11 +189,8 @@ def run(out: Path, cache: Path, shots: tuple[int, ...], draws: int, categories: 
     if done_file.is_file():
         for line in done_file.read_text().splitlines():
             row = json.loads(line)
-            done.add((row["data"], row["category"], row["k"], row["draw"]))
-    reference = build_detector("padim_views", regad)  # the product's detector: its backbone and channel draw
-    detector = CachedPaDiMViews(reference.backbone, regad.image_size, eps=regad.eps, sigma=regad.blur_sigma,
-                                folder=cache / f"padim_views_{regad.backbone}_{regad.image_size}")
-    detector.channels = reference.channels
+            done.add((row.get("method", "padim_views"), row["data"], row["category"], row["k"], row["draw"]))
+    detector = cached_detector(method, regad, cache)
     for k in shots:  # K outermost: the K = 4 and 8 of the targets come first
         for data, name in categories:
             tic = time.perf_counter()
@@ -176,13 +198,13 @@ def run(out: Path, cache: Path, shots: tuple[int, ...], draws: int, categories: 
             train = [s.path for s in category.train]
             order = np.random.default_rng(0).permutation(len(train))
             pool, extra_pool = order[:POOL], order[POOL : POOL + EXTRA_POOL]
-            if k > len(pool) or all((data, name, k, draw) in done for draw in range(draws)):
+            if k > len(pool) or all((method, data, name, k, draw) in done for draw in range(draws)):
                 continue
             labels = [s.label for s in category.test]
             test_images = torch.stack([read_image(s.path, regad.image_size) for s in category.test])
             images = {i: read_image(train[i], regad.image_size) for i in (*pool, *extra_pool)}
             for draw in range(draws):
-                if (data, name, k, draw) in done:
+                if (method, data, name, k, draw) in done:
                     continue
                 t0 = time.perf_counter()
                 rng = np.random.default_rng(1000 * draw + k)
@@ -193,15 +215,16 @@ def run(out: Path, cache: Path, shots: tuple[int, ...], draws: int, categories: 
                 image_refs, _ = reference_scores(detector, support, good, leave_one_out=k >= 2,
                                                  kinds=("views", "synthetic") if k >= 2 else ())
                 scores = [score for batch in test_images.split(64) for score in detector.predict(batch).image.tolist()]
-                row = {"data": data, "category": name, "k": k, "draw": draw, "method": "padim_views", "image_size": image_size,
+                row = {"data": data, "category": name, "k": k, "draw": draw, "method": method, "image_size": image_size,
                        "support": [str(train[i].name) for i in support_ids], "labels": labels, "test": scores,
                        **{kind: getattr(image_refs, kind).tolist() for kind in ("leave_one_out", "views", "good", "synthetic")},
                        "seconds": time.perf_counter() - t0}
                 with done_file.open("a") as f:
                     f.write(json.dumps(row) + "\n")
                 print(f"{name} K={k} draw {draw}: {row['seconds']:.1f} s", flush=True)
-            detector.clear()
-            detector.keep = 1
+            if method == "padim_views":
+                detector.clear()
+                detector.keep = 1
             print(f"{data}/{name} K={k}: {time.perf_counter() - tic:.0f} s", flush=True)
 
 
@@ -310,9 +333,9 @@ def summarise(out: Path) -> tuple[pd.DataFrame, int]:
         pairs=("fpr", "size")).reset_index()
     table.to_csv(out / "summary.csv", index=False)
     pd.set_option("display.width", 200)
-    for g in GOOD_COUNTS:
-        part = table[table["g"] == g].drop(columns=["g", "method"])
-        print(f"\npadim_views, G = {g} --good images (means over categories x draws; FPR, recall, F1, gap in %)")
+    for (method, g), part in table.groupby(["method", "g"]):
+        part = part.drop(columns=["g", "method"])
+        print(f"\n{method}, G = {g} --good images (means over categories x draws; FPR, recall, F1, gap in %)")
         shown = part.copy()
         for column in ("fpr", "fpr_sd", "fpr_p90", "recall", "recall_sd", "f1", "balanced_accuracy", "oracle_gap",
                        "degenerate", "in_target"):
@@ -323,7 +346,14 @@ def summarise(out: Path) -> tuple[pd.DataFrame, int]:
 
 
 def figure(per_draw: pd.DataFrame, image_size: int) -> None:
-    """FPR (top) and recall (bottom) per rule and K, for G = 0, 10, 30: median and 10-90 % of (category, draw)."""
+    """FPR (top) and recall (bottom) per rule and K, for G = 0, 10, 30: median and 10-90 % of (category, draw); one
+    figure per method (``FIGURE`` for padim_views, ``calibration_<method>.png`` beside it for another)."""
+    for method, part in per_draw.groupby("method"):
+        path = FIGURE if method == "padim_views" else FIGURE.with_name(f"calibration_{method}.png")
+        _figure(part, image_size, method, path)
+
+
+def _figure(per_draw: pd.DataFrame, image_size: int, method: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -358,12 +388,12 @@ def figure(per_draw: pd.DataFrame, image_size: int) -> None:
     axes[0, 0].set_ylabel("FPR on test/good, %")
     axes[1, 0].set_ylabel("recall on defective images, %")
     axes[0, -1].legend(fontsize=8, loc="upper right")
-    fig.suptitle(f"fsad fit threshold rules (target rules at 0.05), padim_views {image_size} px, fsad-mini (4) + ELPV (2), "
+    fig.suptitle(f"fsad fit threshold rules (target rules at 0.05), {method} {image_size} px, fsad-mini (4) + ELPV (2), "
                  "draws of K: median and 10-90 % of (category, draw); green: the 0.5-10 % FPR target")
     fig.tight_layout()
-    FIGURE.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(FIGURE, dpi=100)
-    print(f"figure: {FIGURE}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    print(f"figure: {path}")
 
 
 def main() -> None:
@@ -376,6 +406,8 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=RegADConfig().image_size,
                         help="input side in px (default: fsad fit's, %(default)s)")
     parser.add_argument("--fsad-mini", default=str(FSAD_MINI_DIR), help="the fsad-mini folder (default: %(default)s)")
+    parser.add_argument("--method", default="padim_views", choices=("padim_views", "anomalydino", "patchcore", "fastrecon"),
+                        help="the detector whose thresholds are measured (default: %(default)s)")
     parser.add_argument("--summary", action="store_true", help="only the tables and figure of the saved scores")
     args = parser.parse_args()
     out = Path(args.out)
@@ -383,7 +415,8 @@ def main() -> None:
         categories = [tuple(c.split("/")) for c in args.categories] if args.categories else \
             [(data, name) for data, names in CATEGORIES.items() for name in names]
         tic = time.perf_counter()
-        run(out, Path(args.cache), tuple(args.shots), args.draws, categories, Path(args.fsad_mini), args.image_size)
+        run(out, Path(args.cache), tuple(args.shots), args.draws, categories, Path(args.fsad_mini), args.image_size,
+            args.method)
         print(f"wall time {time.perf_counter() - tic:.0f} s")
     figure(*summarise(out))
 
