@@ -46,7 +46,7 @@ from fsad.config import RegADConfig
 from fsad.data.mvtec import load_category, read_image
 from fsad.methods.registry import build_detector
 from fsad.paths import FSAD_MINI_DIR
-from fsad.product.selection import CANDIDATES, _weights_here, held_out_scores, rank, separation
+from fsad.product.selection import CANDIDATES, _weights_here, held_out_scores, pick, rank, separation
 from fsad.study.experiment import resolve_dataset
 from fsad.study.metrics import image_auroc
 
@@ -158,7 +158,8 @@ def _criteria(group: pd.DataFrame) -> dict[str, str]:
         return round(row["auroc"], 9)
 
     return {
-        "auto": rank(rows)[0]["method"],
+        "auto": pick(rank(rows)),
+        "separation ranking alone (auto before the anomalydino prior)": rank(rows)[0]["method"],
         "AUROC, ties to the gap (share of synthetic above every good score)":
             best(lambda r: (auroc(r), np.mean(r["synthetic"] > r["normal"].max()))),
         "AUROC, ties to candidate order": best(lambda r: (auroc(r),)),
@@ -209,6 +210,14 @@ def summary(out: Path, draws: int) -> None:
     print(f"- ensemble of all {len(methods)} (common scale, mean): {int((ens >= oracle - HIT_POINTS).sum())} of {len(ens)}; "
           f"{ens.mean():.1f}; {(oracle - ens).mean():.1f}")
     print(f"- oracle-best: {oracle.mean():.1f}")
+    hits = mean >= oracle.to_numpy()[:, None] - HIT_POINTS  # (category, K) x method
+    print("\nthe prior chosen leave one category out (the method within 1 point of the oracle-best in the most (category, K) "
+          "of the other categories; the prior's hits on the held-out one):")
+    for category in mean.index.get_level_values("category").unique():
+        others = hits.drop(index=category, level="category")
+        prior = others.sum().idxmax()
+        print(f"- {category}: {prior} ({int(others[prior].sum())} of {len(others)} elsewhere), "
+              f"{int(hits.loc[category, prior].sum())} of {int(hits.loc[category].shape[0])} here")
     draw_oracle = frame.groupby(["category", "k", "draw"])["test_auroc"].max()
     draw_auto = auto.set_index(["category", "k", "draw"])["test_auroc"]
     print(f"\nper (category, K, draw), against that draw's best: auto within 1 point in "

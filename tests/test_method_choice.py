@@ -94,3 +94,11 @@ def test_ranking_breaks_separation_ties_by_the_margin_then_the_candidate_order()
     assert [row["method"] for row in selection.rank(rows)] == ["b", "a", "d", "c"]
     normal, synthetic = np.array([1.0, 2.0]), np.array([3.0, 5.0, 1.5])
     assert selection.separation(normal, synthetic) == (pytest.approx(5 / 6), pytest.approx(0.75))
+
+
+def test_auto_fits_the_prior_unless_another_candidate_separates_clearly_better():
+    ranked = [{"method": "patchcore", "auroc": 1.0}, {"method": selection.PRIOR, "auroc": 0.85}]
+    assert selection.pick(ranked) == selection.PRIOR  # 15 points better: not a clear failure of the prior
+    ranked[1]["auroc"] = 0.75
+    assert selection.pick(ranked) == "patchcore"  # 25 points better: vetoed
+    assert selection.pick([{"method": "padim", "auroc": 0.6}, {"method": "fastrecon", "auroc": 0.9}]) == "padim"  # no prior
