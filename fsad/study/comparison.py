@@ -74,6 +74,7 @@ class Context:
     config: ComparisonConfig
     target: Category
     others: list[Category]
+    extra: list[Category]  # regad.train_extra, read once per run (fsad.study.pools.load_extra)
     models_dir: Path  # where models trained here go: <models_dir>/<category>/
     progress: bool
     notes: dict[str, Any] = field(default_factory=dict)  # recorded in training.csv
@@ -88,7 +89,7 @@ def _regad_model(ctx: Context) -> Path:
     ``regad_models``, else trained (resumable) in ``models_dir``."""
     reuse = Path(ctx.config.regad_models) / ctx.target.name / MODEL_NAME if ctx.config.regad_models else None
     settings = ctx.config.regad
-    pool = training_pool(ctx.target, ctx.others, load_extra(settings.train_extra), settings.train_own)
+    pool = training_pool(ctx.target, ctx.others, ctx.extra, settings.train_own)
     # A missing model is trained into models_dir, never into the folder of another run.
     _, path = leave_one_out_regad(pool, settings, ctx.models_dir / ctx.target.name, reuse, ctx.progress)
     return path
@@ -257,15 +258,15 @@ def _load_target(config: ComparisonConfig, checked: Checked, target: str, suppor
     return category, sets, others, TestSet.load(category, config.regad.image_size)
 
 
-def _folders(config: ComparisonConfig, out_dir: Path, models_dir: Path | None) -> tuple[Path, Path, Checked, Path]:
-    """Output folder, models folder, the checked data set (preflight, before any training), support-set folder."""
+def _folders(config: ComparisonConfig, out_dir: Path, models_dir: Path | None) -> tuple[Path, Path, Checked, Path, list[Category]]:
+    """Output folder, models folder, the checked data set (preflight, before any training), support-set folder and
+    regad's train_extra categories (read here, so their errors come before any work)."""
     out_dir = Path(out_dir)
     checked = preflight(resolve_dataset(config.dataset), config.categories, config.shots, config.metrics, config.regad.device,
                         training=bool({"regad", "resad"} & set(config.methods)))
-    if "regad" in config.methods:
-        load_extra(config.regad.train_extra)  # its errors before any work
+    extra = load_extra(config.regad.train_extra) if "regad" in config.methods else []
     support_dir = Path(config.support_dir) if config.support_dir else out_dir / "support_sets"
-    return out_dir, Path(models_dir) if models_dir else out_dir / "models", checked, support_dir
+    return out_dir, Path(models_dir) if models_dir else out_dir / "models", checked, support_dir, extra
 
 
 def run_costs(config: ComparisonConfig, out_dir: Path, models_dir: Path | None = None) -> pd.DataFrame:
@@ -275,13 +276,13 @@ def run_costs(config: ComparisonConfig, out_dir: Path, models_dir: Path | None =
     accuracy runs. Methods that train are built first (trained where ``models_dir`` or
     ``regad_models`` has no model), so the measured process only loads them.
     """
-    out_dir, models_dir, checked, support_dir = _folders(config, out_dir, models_dir)
+    out_dir, models_dir, checked, support_dir, extra = _folders(config, out_dir, models_dir)
     category, sets, others, test = _load_target(config, checked, checked.targets[0], support_dir)
     largest = (max(sets), 0)
     support = load_images(support_samples(category, sets[largest[0]][0]), config.regad.image_size)
     rows = []
     for name in config.methods:
-        ctx = Context(config, category, others, models_dir, False)
+        ctx = Context(config, category, others, extra, models_dir, False)
         build_method(ctx, name)  # trains here if needed, so the measured process only loads
         rows.append(_cost_row(ctx, name, largest, support, test.images))
         log.info("%s cost measured", name)
@@ -303,7 +304,7 @@ def run_comparison(config: ComparisonConfig, out_dir: Path, models_dir: Path | N
     Returns:
         One row per (method, category, K, support set): the metrics.
     """
-    out_dir, models_dir, checked, support_dir = _folders(config, out_dir, models_dir)
+    out_dir, models_dir, checked, support_dir, extra = _folders(config, out_dir, models_dir)
     targets = checked.targets
     costs, training = [], []
     examples: dict[str, Any] = {}
@@ -322,7 +323,7 @@ def run_comparison(config: ComparisonConfig, out_dir: Path, models_dir: Path | N
         # the costs time every method on the same support set: its images are read once
         cost_support = load_images(support_samples(category, sets[largest[0]][0]), config.regad.image_size) if timed else None
         for name in config.methods:
-            ctx = Context(config, category, others, models_dir, progress)
+            ctx = Context(config, category, others, extra, models_dir, progress)
             tic = time.perf_counter()
             method = build_method(ctx, name)
             train_seconds = time.perf_counter() - tic
@@ -333,7 +334,7 @@ def run_comparison(config: ComparisonConfig, out_dir: Path, models_dir: Path | N
             if largest in run.kept:
                 examples["maps"][name] = run.kept[largest].maps[example]
             if timed:
-                costs.append(_cost_row(Context(config, category, others, models_dir, False), name, largest, cost_support, test.images))
+                costs.append(_cost_row(Context(config, category, others, extra, models_dir, False), name, largest, cost_support, test.images))
             log.info("%s %s done", target, name)
         return rows
 
