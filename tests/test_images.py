@@ -51,7 +51,7 @@ def test_a_non_square_product_keeps_its_aspect_from_fit_to_heat_map(tmp_path, ca
     assert "(32 x 96 px," in capsys.readouterr().out
     detector, record = load_detector(root / "det", device="cpu")
     assert record["settings"]["regad"]["image_size"] == [32, 96] and record["image"]["aspect"] == "keep"
-    height, width = detector.gaussian.size  # a Gaussian per feature position: 3x as many across as down
+    height, width = detector.embed(torch.zeros(1, 3, 32, 96))[0].shape[-2:]  # feature cells: 3x as many across as down
     assert width == 3 * height
     fsad("predict", root / "det", root / "test", "--out", root / "out", "--masks")
     rows = pd.read_csv(root / "out" / "predictions.csv")
@@ -82,7 +82,8 @@ def test_squashing_stays_available_and_keeps_the_old_square(tmp_path, capsys):
     root = product(tmp_path, 40, 120)
     fsad("fit", root / "good", "--config", root / "config.yaml", "--image-size", 32, "--aspect", "square", "--out", root / "det")
     detector, record = load_detector(root / "det", device="cpu")
-    assert record["settings"]["regad"]["image_size"] == 32 and detector.gaussian.size[0] == detector.gaussian.size[1]
+    assert record["settings"]["regad"]["image_size"] == 32
+    assert detector.embed(torch.zeros(1, 3, 32, 32))[0].shape[-2:] == (4, 4)  # squashed into the square again
 
 
 def test_tiling_finds_a_small_defect_that_the_squashed_detector_misses(tmp_path, capsys):
@@ -117,7 +118,7 @@ def test_a_wrong_size_in_the_config_names_file_and_key(tmp_path, capsys):
     root = product(tmp_path, 40, 40)
     (root / "config.yaml").write_text(CONFIG + "  image_size: [64, 0]\n")
     line = fails(capsys, "fit", root / "good", "--config", root / "config.yaml", "--out", root / "det")
-    assert f"{root / 'config.yaml'}: regad: image_size: [64, 0]: each side must be >= 32" in line
+    assert f"{root / 'config.yaml'}: regad.image_size: [64, 0]: each side must be >= 32" in line
 
 
 def test_a_square_pair_is_the_old_int_setting():

@@ -51,7 +51,7 @@ def read_settings(path: str | Path | None) -> tuple[RegADConfig, dict[str, Any]]
     unknown = sorted(set(data) - {"regad", "options"})
     if unknown:
         raise ValueError(f"fsad fit: {path} has unknown section(s) {unknown}; known: regad, options")
-    return RegADConfig.from_dict(data.get("regad") or {}, source=f"{path}: regad"), dict(data.get("options") or {})
+    return RegADConfig.from_dict(data.get("regad") or {}, source=str(path), at="regad"), dict(data.get("options") or {})
 
 
 def _read(paths: Sequence[Path], size: int | tuple[int, int]) -> torch.Tensor:
