@@ -56,7 +56,7 @@ def test_auto_ranks_records_and_fits_a_method_that_separates(product, candidates
 
     fsad("predict", tmp / "detector", product["test"], "--out", tmp / "results")
     printed = capsys.readouterr().out
-    assert f"{chosen} was chosen by fsad fit --method auto" in printed
+    assert f"{chosen} was chosen by fsad fit --method auto" in printed and f"(1 of {len(ranking)} candidates" in printed
     rows = pd.read_csv(tmp / "results" / "predictions.csv")
     assert len(rows) == len(list(product["test"].rglob("*.png"))) and set(rows["label"]) <= {"normal", "anomalous"}
     page = (tmp / "results" / "report.html").read_text()

@@ -169,9 +169,10 @@ def predict_command(detector: str, images: Sequence[str], out: str, masks: bool,
     print(f"{summary['method']}: {scored} images scored, {summary['anomalous']} anomalous; {time.perf_counter() - tic:.1f} s "
           f"({speed:.1f} images/s read, scored and written)")
     if summary["selection"]:
-        best = summary["selection"]["ranking"][0]
-        print(f"{summary['method']} was chosen by fsad fit --method auto: held-out separation {100 * best['auroc']:.1f} "
-              f"(best of {len(summary['selection']['ranking'])} candidates; the ranking is in the report)")
+        ranking = summary["selection"]["ranking"]
+        place, chosen = next((i, row) for i, row in enumerate(ranking, start=1) if row["method"] == summary["method"])
+        print(f"{summary['method']} was chosen by fsad fit --method auto: held-out separation {100 * chosen['auroc']:.1f} "
+              f"({place} of {len(ranking)} candidates; the ranking is in the report)")
     print(f"predictions: {summary['csv']}")
     print(f"heat-maps: {summary['heatmaps']}" + (f"\nmasks: {summary['masks']}" if summary["masks"] else ""))
     print(f"report: {summary['report']}")

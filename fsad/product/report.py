@@ -109,7 +109,7 @@ body { font-family: system-ui, sans-serif; margin: 24px; color: #222; }
 h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.6em; }
 table { border-collapse: collapse; }
 td, th { border-bottom: 1px solid #ddd; padding: 4px 10px; text-align: left; vertical-align: middle; }
-td.number { text-align: right; font-variant-numeric: tabular-nums; }
+td.number, th.number { text-align: right; font-variant-numeric: tabular-nums; }
 .label { font-weight: bold; padding: 2px 8px; border-radius: 4px; color: white; }
 .anomalous { background: #e45756; } .normal { background: #4c78a8; } .error { background: #777; }
 td img { width: 144px; height: 144px; object-fit: contain; display: block; }
@@ -140,7 +140,8 @@ def _selection(selection: dict[str, Any] | None) -> list[str]:
     if not selection:
         return []
     lines = ["<h2>Method chosen by --method auto</h2>", f"<p>{html.escape(selection['criterion'])}.</p>",
-             '<table id="selection"><tr><th>rank</th><th>method</th><th>separation</th><th>margin</th><th>seconds</th></tr>']
+             '<table id="selection"><tr><th class="number">rank</th><th>method</th><th class="number">separation</th>'
+             '<th class="number">margin</th><th class="number">seconds</th></tr>']
     for place, row in enumerate(selection["ranking"], start=1):
         chosen = " (chosen)" if row["method"] == selection["chosen"] else ""
         lines.append(f'<tr><td class="number">{place}</td><td>{html.escape(row["method"])}{chosen}</td>'
@@ -196,7 +197,8 @@ def write_report(out: Path, rows: Sequence[dict[str, Any]], record: dict[str, An
         body.append("</table>")
     body += ["<h2>Images by score, most anomalous first</h2>",
              "<p>Heat-maps: blue typical, green at the threshold, red far above it; a click opens the full-size one.</p>",
-             "<table><tr><th>rank</th><th>heat-map</th><th>image</th><th>score</th><th>normalised</th><th>label</th></tr>",
+             '<table><tr><th class="number">rank</th><th>heat-map</th><th>image</th><th class="number">score</th>'
+             '<th class="number">normalised</th><th>label</th></tr>',
              *_image_rows(scored, thumbnails, out), "</table>",
              "<h2>How the detector was made</h2>", "<dl>",
              f"<dt>method</dt><dd>{html.escape(str(record['method']))}</dd>",
