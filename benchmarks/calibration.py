@@ -29,9 +29,14 @@ At 224 px (the product's size; issue 18 follow-up): ``--image-size 224 --shots 4
 --cache runs/calibration224/features``; on the loaded machine a K = 4 draw took 10-60 s, a K = 8 draw 200-1,140 s,
 so only K = 4 (50 pairs) and 5 bottle draws at K = 8 were done (docs/calibration.md).
 
+``--method anomalydino`` (or patchcore, fastrecon) measures another detector: its features are cached
+per image the same way (``cached_detector``), its own fit and predict run. ``--first-sorted`` adds the
+draw of the first K sorted train/good images (draw -1), K consecutive parts as a user takes them.
+
 ``--summary`` writes ``summary.csv`` (one row per method, rule, K, G), prints the tables of
-docs/calibration.md, the measured leave-one-out shift, and the figure
-``docs/figures/calibration_fsad_mini_elpv.png``.
+docs/calibration.md, the measured leave-one-out shift, the choice of each method's floor of the log
+spread (``choose_floor``: ``fsad.product.threshold.CALIBRATIONS``), and the figures
+``docs/figures/calibration_fsad_mini_elpv.png`` (padim_views) and ``calibration_<method>.png``.
 """
 
 from __future__ import annotations
@@ -61,7 +66,7 @@ from fsad.methods.padim import PaDiM  # noqa: E402
 from fsad.paths import FSAD_MINI_DIR  # noqa: E402
 from fsad.methods.registry import build_detector  # noqa: E402
 from fsad.product.calibration import reference_scores  # noqa: E402
-from fsad.product.threshold import RULE_NAMES, RULES, SHIFT, References, Threshold, loo_shift, spread  # noqa: E402
+from fsad.product.threshold import RULE_NAMES, RULES, SHIFT, References, Threshold, log_spread, spread  # noqa: E402
 
 CATEGORIES = {"fsad-mini": ("bottle", "magnetic_tile", "metal_plate", "pcb"), "elpv": ("mono", "poly")}
 SHOTS = (1, 2, 4, 8, 16)
@@ -179,9 +184,16 @@ def _category_root(data: str, fsad_mini: Path) -> Path:
     return fsad_mini if data == "fsad-mini" else resolve_dataset(data)
 
 
+SORTED_DRAW = -1  # the draw of the first K sorted train/good images: K consecutive parts, as a user often takes them
+
+
 def run(out: Path, cache: Path, shots: tuple[int, ...], draws: int, categories: list[tuple[str, str]], fsad_mini: Path,
-        image_size: int, method: str = "padim_views") -> None:
-    """Score every (category, K, draw); one JSON line each in ``out/scores.jsonl`` (resumable)."""
+        image_size: int, method: str = "padim_views", first_sorted: bool = False) -> None:
+    """Score every (category, K, draw); one JSON line each in ``out/scores.jsonl`` (resumable).
+
+    Draws 0 .. draws - 1 take K of the pool at random; with ``first_sorted`` the draw ``SORTED_DRAW`` takes the first K
+    train/good images by file name (the issue's own setting), its --good images from the extra pool.
+    """
     regad = RegADConfig(image_size=image_size)
     out.mkdir(parents=True, exist_ok=True)
     done_file = out / "scores.jsonl"
@@ -198,18 +210,23 @@ def run(out: Path, cache: Path, shots: tuple[int, ...], draws: int, categories: 
             train = [s.path for s in category.train]
             order = np.random.default_rng(0).permutation(len(train))
             pool, extra_pool = order[:POOL], order[POOL : POOL + EXTRA_POOL]
-            if k > len(pool) or all((method, data, name, k, draw) in done for draw in range(draws)):
+            first = np.array(sorted(range(len(train)), key=lambda i: train[i].name)[:k])
+            todo = [draw for draw in ([SORTED_DRAW] if first_sorted else []) + list(range(draws))
+                    if (method, data, name, k, draw) not in done]
+            if k > len(pool) or not todo:
                 continue
             labels = [s.label for s in category.test]
             test_images = torch.stack([read_image(s.path, regad.image_size) for s in category.test])
-            images = {i: read_image(train[i], regad.image_size) for i in (*pool, *extra_pool)}
-            for draw in range(draws):
-                if (method, data, name, k, draw) in done:
-                    continue
+            images = {i: read_image(train[i], regad.image_size) for i in {*pool, *extra_pool, *first}}
+            for draw in todo:
                 t0 = time.perf_counter()
-                rng = np.random.default_rng(1000 * draw + k)
-                support_ids = rng.choice(pool, k, replace=False)
-                good_ids = rng.choice(extra_pool, max(GOOD_COUNTS), replace=False)
+                rng = np.random.default_rng(1000 * draw + k if draw >= 0 else 999 + k)  # seeds are >= 0
+                if draw == SORTED_DRAW:
+                    support_ids = first
+                    good_ids = rng.choice(np.setdiff1d(np.r_[extra_pool, pool], first), max(GOOD_COUNTS), replace=False)
+                else:
+                    support_ids = rng.choice(pool, k, replace=False)
+                    good_ids = rng.choice(extra_pool, max(GOOD_COUNTS), replace=False)
                 support = torch.stack([images[i] for i in support_ids])
                 good = torch.stack([images[i] for i in good_ids])
                 image_refs, _ = reference_scores(detector, support, good, leave_one_out=k >= 2,
@@ -245,7 +262,7 @@ def before_level(refs: References, target_fpr: float) -> float:
     median, x loo_shift) + good, sigma of the logs at least 5 % of |median log| (at 224 px: 0.18 for scores near 40)."""
     views = np.asarray(refs.views, float)
     r = views * (float(np.median(refs.leave_one_out)) / float(np.median(views))) if len(views) else refs.leave_one_out
-    r = np.concatenate([r * loo_shift(refs.k), refs.good])
+    r = np.concatenate([r * refs.shift(), refs.good])
     threshold = float(np.exp(np.median(np.log(r)) + NormalDist().inv_cdf(1 - target_fpr) * spread(np.log(r))))
     median = float(np.median(r))
     return threshold if threshold > median else median + spread(r)  # as Threshold.level
@@ -255,7 +272,8 @@ def evaluate(row: dict, rule: str, g: int, target_fpr: float) -> dict | None:
     """Threshold of ``rule`` (or ``BEFORE``) with the first ``g`` good images, scored on the test split; None where
     it cannot run."""
     refs = References(leave_one_out=np.array(row["leave_one_out"]), views=np.array(row["views"]),
-                      good=np.array(row["good"][:g]), synthetic=np.array(row["synthetic"]), k=row["k"])
+                      good=np.array(row["good"][:g]), synthetic=np.array(row["synthetic"]), k=row["k"],
+                      method=row["method"])
     if not len(refs.leave_one_out) and not g:
         return None
     if rule == BEFORE:
@@ -396,6 +414,48 @@ def _figure(per_draw: pd.DataFrame, image_size: int, method: str, path: Path) ->
     print(f"figure: {path}")
 
 
+FLOORS = tuple(round(0.05 * i, 2) for i in range(1, 9))  # min_log_spread candidates: 0.05 - 0.40
+
+
+def lognormal_at_floor(row: dict, floor: float, target_fpr: float = 0.05) -> dict:
+    """``lognormal`` (G = 0) with sigma(log R) at least ``floor``, scored on the row's test split (as ``evaluate``)."""
+    refs = References(leave_one_out=np.array(row["leave_one_out"]), views=np.array(row["views"]), k=row["k"],
+                      method=row["method"])
+    r = refs.normal("views")
+    threshold = float(np.exp(np.median(np.log(r)) + NormalDist().inv_cdf(1 - target_fpr) * log_spread(r, floor)))
+    scores, labels = np.array(row["test"]), np.array(row["labels"])
+    fpr, recall = float((scores[labels == 0] > threshold).mean()), float((scores[labels == 1] > threshold).mean())
+    return {"fpr": fpr, "recall": recall, "in_target": 0.005 <= fpr <= 0.10,
+            "degenerate": fpr > DEGENERATE_FPR or (recall == 0 and fpr == 0)}
+
+
+def choose_floor(out: Path) -> None:
+    """Per method: the ``Calibration.min_log_spread`` of ``lognormal`` that maximises the share of (category, K, draw)
+    in the 0.5-10 % FPR band minus the share of degenerate ones; chosen on all categories (the value to use) and, to
+    say what a new product can expect, leave one category out (chosen on the others, measured on it)."""
+    rows = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
+    frame = pd.DataFrame([{"method": row["method"], "category": row["category"], "k": row["k"], "floor": floor,
+                           **lognormal_at_floor(row, floor)} for row in rows if row["k"] >= 2 for floor in FLOORS])
+
+    def best(part: pd.DataFrame) -> float:
+        score = part.groupby("floor")[["in_target", "degenerate"]].mean()
+        return float((score["in_target"] - score["degenerate"]).idxmax())  # ties: the smallest floor
+
+    for method, part in frame.groupby("method"):
+        table = part.groupby(["floor", "k"])[["fpr", "recall", "in_target", "degenerate"]].mean().unstack("k")
+        print(f"\n{method}: lognormal@0.05 (G = 0) by min_log_spread (means over (category, draw); shares 0-1)")
+        print(table.round(3).to_string())
+        held = []
+        for category in sorted(part["category"].unique()):
+            floor = best(part[part["category"] != category])
+            held.append(part[(part["category"] == category) & (part["floor"] == floor)].assign(chosen=floor))
+        held = pd.concat(held)
+        print(f"{method}: chosen on all categories: min_log_spread {best(part):g}; leave one category out (chosen "
+              f"{dict(held.groupby('category')['chosen'].first())}):")
+        print(held.groupby("k").agg(fpr=("fpr", "mean"), recall=("recall", "mean"), in_band=("in_target", "mean"),
+                                    degenerate=("degenerate", "sum"), pairs=("fpr", "size")).round(3).to_string())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(ROOT / "runs" / "calibration"))
@@ -408,6 +468,8 @@ def main() -> None:
     parser.add_argument("--fsad-mini", default=str(FSAD_MINI_DIR), help="the fsad-mini folder (default: %(default)s)")
     parser.add_argument("--method", default="padim_views", choices=("padim_views", "anomalydino", "patchcore", "fastrecon"),
                         help="the detector whose thresholds are measured (default: %(default)s)")
+    parser.add_argument("--first-sorted", action="store_true",
+                        help=f"also the first K sorted train/good images (draw {SORTED_DRAW})")
     parser.add_argument("--summary", action="store_true", help="only the tables and figure of the saved scores")
     args = parser.parse_args()
     out = Path(args.out)
@@ -416,9 +478,10 @@ def main() -> None:
             [(data, name) for data, names in CATEGORIES.items() for name in names]
         tic = time.perf_counter()
         run(out, Path(args.cache), tuple(args.shots), args.draws, categories, Path(args.fsad_mini), args.image_size,
-            args.method)
+            args.method, args.first_sorted)
         print(f"wall time {time.perf_counter() - tic:.0f} s")
     figure(*summarise(out))
+    choose_floor(out)
 
 
 if __name__ == "__main__":

@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=cmd_ablate)
 
     from fsad.product.candidates import AUTO_HELP
-    from fsad.product.threshold import DEFAULT_RULE, DEFAULT_TARGET_FPR, RULE_NAMES, THRESHOLD_RULE
+    from fsad.product.threshold import DEFAULT_RULE, DEFAULT_RULE_WITH_GOOD, DEFAULT_TARGET_FPR, GOOD_FOR_TAIL, RULE_NAMES, THRESHOLD_RULE
 
     p = sub.add_parser("fit", help="fit a detector on K good images of a new product, with a threshold",
                        description=f"Fit a detector on K good images (K = the images found) and save it.\n\n{THRESHOLD_RULE}"
@@ -280,8 +280,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--config", help="YAML: a regad: section (backbone, image_size, eps, blur_sigma, device, ...) "
                    "and an options: section of method options, or RegAD settings alone")
     p.add_argument("--good", nargs="+", help="extra good images (files or folders) for the threshold only")
-    p.add_argument("--threshold", default=DEFAULT_RULE, metavar="RULE",
-                   help=f"threshold rule: {', '.join(RULE_NAMES)} (default {DEFAULT_RULE})")
+    p.add_argument("--threshold", metavar="RULE",
+                   help=f"threshold rule: {', '.join(RULE_NAMES)} (default {DEFAULT_RULE}; {DEFAULT_RULE_WITH_GOOD} with "
+                        f"{GOOD_FOR_TAIL} or more --good images)")
     p.add_argument("--target-fpr", type=float, default=DEFAULT_TARGET_FPR,
                    help=f"false-positive rate the quantile, tail, views_tail and lognormal rules aim at (default {DEFAULT_TARGET_FPR})")
     p.add_argument("--out", required=True, help="the detector folder to write")

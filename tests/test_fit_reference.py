@@ -17,6 +17,7 @@ import torch
 from fsad.cli import main
 from fsad.data.mvtec import read_image
 from fsad.methods.registry import load_detector
+from fsad.product.fit import DEFAULT_METHOD
 
 SIZE = 32
 
@@ -39,7 +40,7 @@ def fitted(toy_root, tmp_path):
 
 def test_each_leave_one_out_score_comes_from_the_other_k_minus_1_images(fitted):
     detector, record, support, _ = fitted
-    assert record["method"] == "padim_views"  # fsad fit's default
+    assert record["method"] == DEFAULT_METHOD
     saved = record["threshold"]["leave_one_out_scores"]
     expected = []
     for held in range(len(support)):

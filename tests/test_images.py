@@ -83,7 +83,8 @@ def test_squashing_stays_available_and_keeps_the_old_square(tmp_path, capsys):
     fsad("fit", root / "good", "--config", root / "config.yaml", "--image-size", 32, "--aspect", "square", "--out", root / "det")
     detector, record = load_detector(root / "det", device="cpu")
     assert record["settings"]["regad"]["image_size"] == 32
-    assert detector.embed(torch.zeros(1, 3, 32, 32))[0].shape[-2:] == (4, 4)  # squashed into the square again
+    height, width = detector.embed(torch.zeros(1, 3, 32, 32))[0].shape[-2:]
+    assert height == width  # squashed into the square again
 
 
 def test_tiling_finds_a_small_defect_that_the_squashed_detector_misses(tmp_path, capsys):

@@ -18,6 +18,7 @@ from PIL import Image
 
 from fsad.methods.registry import load_detector
 from fsad.product.calibration import reference_scores, synthetic_anomalies
+from fsad.product.fit import DEFAULT_METHOD
 from fsad.product.threshold import References, Threshold
 
 CONFIG = "regad:\n  pretrained: false\n  image_size: 32\n  device: cpu\n"
@@ -67,7 +68,7 @@ def test_fit_then_predict_writes_scores_heatmaps_and_masks_at_each_image_size(pr
     fsad("fit", product["good"], "--config", product["config"], "--out", tmp / "detector")
     detector, record = load_detector(tmp / "detector")
     assert record["support"]["count"] == 4 and len(record["threshold"]["leave_one_out_scores"]) == 4
-    assert record["method"] == "padim_views" and record["settings"]["regad"]["image_size"] == 32
+    assert record["method"] == DEFAULT_METHOD and record["settings"]["regad"]["image_size"] == 32
 
     odd = tmp / "odd"
     odd.mkdir()
@@ -126,10 +127,11 @@ def test_threshold_from_good_images_alone_with_one_support_image(product, capsys
     for path in product["extra"]:
         shutil.copy(path, extra / path.name)
     fsad("fit", one, "--good", extra, "--config", product["config"], "--out", tmp / "detector")
+    assert "note: no --good images" not in capsys.readouterr().out
     _, record = load_detector(tmp / "detector")
     threshold = record["threshold"]
     assert threshold["leave_one_out_scores"] == [] and len(threshold["good_scores"]) == 4
-    expected, _ = Threshold.level(threshold["rule"], References(good=np.array(threshold["good_scores"]), k=1))
+    expected, _ = Threshold.level(threshold["rule"], References(good=np.array(threshold["good_scores"]), k=1, method=record["method"]))
     assert threshold["image"] == pytest.approx(expected)
     assert record["good"]["count"] == 4 and record["good"]["fingerprint"]
     line = fails(capsys, "fit", one, "--good", extra, "--threshold", "synthetic", "--config", product["config"],
@@ -137,11 +139,22 @@ def test_threshold_from_good_images_alone_with_one_support_image(product, capsys
     assert "--threshold synthetic" in line and "K = 1" in line and not (tmp / "other").exists()
 
 
+def test_the_default_rule_is_tail_with_ten_good_images_and_lognormal_with_fewer(product, toy_root):
+    tmp = product["tmp"]
+    extra = [*product["extra"], *sorted((toy_root / "disc" / "train" / "good").glob("*.png"))[8:],
+             *sorted((toy_root / "disc" / "test" / "good").glob("*.png"))]  # 12 good images the support does not hold
+    fsad("fit", product["good"], "--good", *extra[:9], "--config", product["config"], "--out", tmp / "nine")
+    fsad("fit", product["good"], "--good", *extra[:10], "--config", product["config"], "--out", tmp / "ten")
+    fsad("fit", product["good"], "--good", *extra[:10], "--threshold", "mad", "--config", product["config"], "--out", tmp / "named")
+    rules = [load_detector(tmp / name)[1]["threshold"]["rule"] for name in ("nine", "ten", "named")]
+    assert rules == ["lognormal", "tail", "mad"]
+
+
 @pytest.mark.parametrize("rule", ["views_tail", "synthetic"])
 def test_fit_records_the_rule_and_its_references(product, rule):
     tmp = product["tmp"]
-    fsad("fit", product["good"], "--threshold", rule, "--target-fpr", "0.05", "--config", product["config"],
-         "--out", tmp / "detector")
+    fsad("fit", product["good"], "--method", "padim_views", "--threshold", rule, "--target-fpr", "0.05",
+         "--config", product["config"], "--out", tmp / "detector")
     _, record = load_detector(tmp / "detector")
     threshold = record["threshold"]
     assert threshold["rule"] == rule and threshold["description"].startswith(f"{rule}: ")
@@ -151,7 +164,8 @@ def test_fit_records_the_rule_and_its_references(product, rule):
     assert len(threshold["synthetic_scores"]) == (12 if rule == "synthetic" else 0)
     if rule == "views_tail":  # view 0 of every support image is the image itself
         assert np.allclose(threshold["views_scores"][::22], loo, rtol=1e-5)
-    refs = References(**{kind: np.array(threshold[f"{kind}_scores"]) for kind in ("leave_one_out", "views", "good", "synthetic")}, k=4)
+    refs = References(**{kind: np.array(threshold[f"{kind}_scores"]) for kind in ("leave_one_out", "views", "good", "synthetic")}, k=4,
+                      method=record["method"])
     assert (threshold["image"], threshold["image_normal"]) == pytest.approx(Threshold.level(rule, refs, 0.05))
     assert threshold["pixel"] == pytest.approx(threshold["image"])  # padim_views: the image score is the map's maximum
 
@@ -189,12 +203,16 @@ def test_refitting_into_an_out_folder_of_another_detector_needs_force(product, c
     out = tmp / "detector"
     fsad("fit", product["good"], "--config", product["config"], "--out", out)
     fsad("fit", product["good"], "--config", product["config"], "--out", out)  # the same detector again: fine
+    printed = capsys.readouterr().out
+    assert "note: the threshold rules were measured" not in printed  # the default method is measured
+    assert "note: no --good images" in printed and "pass --good DIR" in printed
     line = fails(capsys, "fit", product["good"], "--method", "patchcore", "--config", product["config"], "--out", out)
     assert "holds a detector made from other method;" in line and "--force" in line
     fewer = sorted(product["good"].rglob("0*.png"))[:3]
     assert "other support" in fails(capsys, "fit", *fewer, "--config", product["config"], "--out", out)
     fsad("fit", product["good"], "--method", "patchcore", "--config", product["config"], "--out", out, "--force")
     assert load_detector(out)[1]["method"] == "patchcore"
+    assert "patchcore's false-positive rate on new good parts is not known" in capsys.readouterr().out
     (tmp / "notes").mkdir()
     (tmp / "notes" / "todo.txt").write_text("mine")
     assert "not a detector" in fails(capsys, "fit", product["good"], "--config", product["config"], "--out", tmp / "notes")
@@ -342,7 +360,7 @@ def test_predict_writes_a_self_contained_report_of_every_image(product, capsys):
     threshold = record["threshold"]
     assert f"threshold {threshold['image']:.4g}</text>" in page  # on the histogram
     assert f"Image threshold <b>{threshold['image']:.4g}</b>" in page
-    assert "<b>padim_views</b>, K = 4 support images" in page and "image_size: 32" in page
+    assert f"<b>{DEFAULT_METHOD}</b>, K = 4 support images" in page and "image_size: 32" in page
     assert threshold["rule"][:60] in page
     assert "<script" not in page and "http" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")  # offline
     assert f"report: {tmp / 'results' / 'report.html'}" in printed.out and " images/s " in printed.out
@@ -376,7 +394,7 @@ def test_report_shows_in_a_real_browser_when_moved_away(product, capsys, tmp_pat
 
     dom = browse("--dump-dom", (moved / "counting.html").as_uri())
     assert 'data-decoded="8"' in dom  # the 8 test images' heat-maps, from the page alone
-    assert f"threshold {threshold:.4g}" in dom and "padim_views" in dom
+    assert f"threshold {threshold:.4g}" in dom and DEFAULT_METHOD in dom
     shot = tmp_path / "report.png"
     browse("--window-size=1100,1400", f"--screenshot={shot}", (moved / "report.html").as_uri())
     pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)

@@ -30,7 +30,7 @@ VIEWS = References(leave_one_out=np.array([4.0, 6.0]), views=views_of([4, 2, 6, 
 
 @pytest.fixture
 def shift_one(monkeypatch):
-    monkeypatch.setattr(module, "SHIFT", 1.0)
+    monkeypatch.setitem(module.CALIBRATIONS, "padim_views", module.Calibration(shift=1.0))
 
 
 def level(rule, refs, target_fpr=0.01):
@@ -51,7 +51,8 @@ def test_max_margin_is_todays_rule_on_unshifted_scores(shift_one):
 
 
 def test_leave_one_out_shift(shift_one):
-    assert (loo_shift(4), loo_shift(2), loo_shift(1)) == (0.75, 0.5, 1.0)
+    assert (loo_shift(4, 1.0), loo_shift(2, 1.0), loo_shift(1, 1.0)) == (0.75, 0.5, 1.0)
+    assert (LOO.shift(), VIEWS.shift()) == (0.75, 0.5)
     assert LOO.normal("leave_one_out").tolist() == [3.0, 6.0, 9.0, 30.0, 5.0, 7.0]  # good scores are not shifted
     assert sorted(VIEWS.normal("views").tolist()) == sorted([1.0, 2.0, 3.0, 4.0] * 4)  # the 14 atypical views left out
     # Typical views are rescaled to the leave-one-out median (10 / 5) before the shift.
@@ -140,3 +141,14 @@ def test_bad_rule_or_target_is_a_clear_error():
     for bad in (0.0, 0.5, -1.0):
         with pytest.raises(ValueError, match="--target-fpr must be between 0 and 0.5"):
             check_rule("tail", bad)
+
+
+def test_each_method_takes_its_measured_floor_of_the_log_spread():
+    tight = {"leave_one_out": np.array([4.0, 4.0]), "views": views_of([4.0] * 8, [4.0] * 8), "k": 2}  # sigma(log) = 0
+    z = 1.6448536269514722  # the 95th percentile of a standard normal
+    for method in ("padim_views", "anomalydino"):
+        threshold, normal = level("lognormal", References(**tight, method=method), target_fpr=0.05)
+        floor = module.CALIBRATIONS[method].min_log_spread
+        assert (threshold, normal) == pytest.approx((normal * math.exp(z * floor), 4.0 * module.loo_shift(2))), method
+    assert module.calibration_of("patchcore") == module.CALIBRATIONS["padim_views"]  # not measured: padim_views'
+    assert module.CALIBRATIONS["anomalydino"].min_log_spread > module.CALIBRATIONS["padim_views"].min_log_spread

@@ -96,7 +96,7 @@ def reference_scores(detector: Detector, support: torch.Tensor, good: torch.Tens
     if good is not None and len(good):
         add("good", good)
     image, map_max = ({name: np.array(found[name][i]) for name in found} for i in (0, 1))
-    return References(**image, k=k), References(**map_max, k=k)
+    return References(**image, k=k, method=detector.name), References(**map_max, k=k, method=detector.name)
 
 
 __all__ = ["SYNTHETIC_KINDS", "reference_scores", "synthetic_anomalies"]

@@ -27,7 +27,7 @@ from fsad.methods.registry import DETECTORS, RECORD_FILE, build_detector, is_det
 from fsad.product.calibration import reference_scores
 from fsad.product.images import find_images
 from fsad.product.selection import AUTO, check_auto, choose_method, ranking_lines
-from fsad.product.threshold import DEFAULT_RULE, DEFAULT_TARGET_FPR, Threshold, check_rule, describe
+from fsad.product.threshold import CALIBRATIONS, DEFAULT_TARGET_FPR, Threshold, check_rule, default_rule, describe
 from fsad.product.tiling import ASPECT_SPREAD_NOTE, DEFAULT_ASPECT, TiledDetector, product_sizes
 
 DEFAULT_METHOD = "padim_views"
@@ -116,7 +116,7 @@ def _check_method(method: str, regad: RegADConfig, options: dict[str, Any], mode
 
 def fit_product(images: Sequence[str | Path], method: str, regad: RegADConfig, options: dict[str, Any] | None = None,
                 model_path: Path | None = None, good: Sequence[str | Path] = (), out: Path = Path("detector"),
-                force: bool = False, progress: bool = True, threshold: str = DEFAULT_RULE,
+                force: bool = False, progress: bool = True, threshold: str | None = None,
                 target_fpr: float = DEFAULT_TARGET_FPR, aspect: str = DEFAULT_ASPECT, tile: int | None = None) -> dict[str, Any]:
     """Fit ``method`` on the K images of ``images``, set the threshold, save the detector folder ``out``.
 
@@ -128,7 +128,8 @@ def fit_product(images: Sequence[str | Path], method: str, regad: RegADConfig, o
         good: Extra good images (files or folders) for the threshold only.
         out: The detector folder to write (replaced as a whole).
         force: Replace a detector of other images or settings in ``out``.
-        threshold, target_fpr: The rule of ``fsad.product.threshold.RULES`` and its false-positive rate.
+        threshold, target_fpr: The rule of ``fsad.product.threshold.RULES`` (``None``: ``default_rule`` of the
+            number of ``good`` images) and its false-positive rate.
         aspect, tile: How images meet the detector (``fsad.product.tiling.product_sizes``): ``keep``
             their aspect ratio or squash them ``square``; ``tile``: tiles across the short side.
 
@@ -139,9 +140,12 @@ def fit_product(images: Sequence[str | Path], method: str, regad: RegADConfig, o
         FileNotFoundError, ValueError: every check below runs before any fitting.
     """
     out, options = Path(out), dict(options or {})
-    rule = check_rule(threshold, target_fpr)
+    if threshold is not None:
+        check_rule(threshold, target_fpr)  # a bad name before the images are searched
     support = find_images(images)
     extra = find_images(good) if good else []
+    threshold = threshold or default_rule(len(extra))
+    rule = check_rule(threshold, target_fpr)
     k = len(support)
     auto = method == AUTO
     if auto:
@@ -185,7 +189,7 @@ def fit_product(images: Sequence[str | Path], method: str, regad: RegADConfig, o
 
 
 def fit_command(images: Sequence[str], method: str | None, model: str | None, config: str | None, good: Sequence[str],
-                out: str, force: bool, threshold: str = DEFAULT_RULE, target_fpr: float = DEFAULT_TARGET_FPR,
+                out: str, force: bool, threshold: str | None = None, target_fpr: float = DEFAULT_TARGET_FPR,
                 device: str | None = None, image_size: Sequence[int] | None = None, aspect: str | None = None,
                 tile: int | None = None) -> None:
     """``fsad fit``: fit (on ``device`` when given, else the config's; at ``image_size`` when given, one side or
@@ -212,4 +216,11 @@ def fit_command(images: Sequence[str], method: str | None, model: str | None, co
         print(f"note: the support images' aspect ratios (width / height) range {low:.2f} - {high:.2f}; every image is "
               f"scored at {' x '.join(map(str, sizes['size']))} px (their median's), so images of other shapes are stretched")
     print(f"threshold rule {threshold['description']}")
+    if not record["good"]["count"]:
+        print("note: no --good images: the threshold assumes the K support images vary as good parts do; K consecutive "
+              "parts often vary less (ELPV mono, the first 4 sorted cells: 28 of 30 good test cells flagged; with 30 --good "
+              "cells: 1 of 30; docs/calibration.md); pass --good DIR with good images from other batches")
+    if method not in CALIBRATIONS:
+        print(f"note: the threshold rules were measured on {' and '.join(CALIBRATIONS)} only (benchmarks/calibration.py); "
+              f"{method}'s false-positive rate on new good parts is not known: check it on good images you hold back")
     print(f"detector: {Path(out)} ({RECORD_FILE} says what made it); {time.perf_counter() - tic:.1f} s")
