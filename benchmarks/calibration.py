@@ -66,7 +66,7 @@ from fsad.methods.padim import PaDiM  # noqa: E402
 from fsad.paths import FSAD_MINI_DIR  # noqa: E402
 from fsad.methods.registry import build_detector  # noqa: E402
 from fsad.product.calibration import reference_scores  # noqa: E402
-from fsad.product.threshold import RULE_NAMES, RULES, SHIFT, References, Threshold, log_spread, spread  # noqa: E402
+from fsad.product.threshold import RULE_NAMES, RULES, SHIFT, References, Threshold, lognormal_level, spread  # noqa: E402
 
 CATEGORIES = {"fsad-mini": ("bottle", "magnetic_tile", "metal_plate", "pcb"), "elpv": ("mono", "poly")}
 SHOTS = (1, 2, 4, 8, 16)
@@ -421,8 +421,7 @@ def lognormal_at_floor(row: dict, floor: float, target_fpr: float = 0.05) -> dic
     """``lognormal`` (G = 0) with sigma(log R) at least ``floor``, scored on the row's test split (as ``evaluate``)."""
     refs = References(leave_one_out=np.array(row["leave_one_out"]), views=np.array(row["views"]), k=row["k"],
                       method=row["method"])
-    r = refs.normal("views")
-    threshold = float(np.exp(np.median(np.log(r)) + NormalDist().inv_cdf(1 - target_fpr) * log_spread(r, floor)))
+    threshold = lognormal_level(refs.normal("views"), target_fpr, floor)
     scores, labels = np.array(row["test"]), np.array(row["labels"])
     fpr, recall = float((scores[labels == 0] > threshold).mean()), float((scores[labels == 1] > threshold).mean())
     return {"fpr": fpr, "recall": recall, "in_target": 0.005 <= fpr <= 0.10,

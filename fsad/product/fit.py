@@ -140,8 +140,6 @@ def fit_product(images: Sequence[str | Path], method: str, regad: RegADConfig, o
         FileNotFoundError, ValueError: every check below runs before any fitting.
     """
     out, options = Path(out), dict(options or {})
-    if threshold is not None:
-        check_rule(threshold, target_fpr)  # a bad name before the images are searched
     support = find_images(images)
     extra = find_images(good) if good else []
     threshold = threshold or default_rule(len(extra))

@@ -14,10 +14,10 @@ then to the earlier candidate of ``CANDIDATES``.
 The ranking alone was a poor chooser: over the 18 (category, K) of the benchmark
 (docs/method_choice.md) its first choice was within 1 test-AUROC point of the oracle-best
 method in 9 (50 %; the target was 75 %): synthetic anomalies are easier than real defects.
-anomalydino was within 1 point in 17 (and is the best prior on any 5 of the 6 categories). So auto fits ``PRIOR`` (anomalydino) and uses the
-ranking as a veto (``pick``): a candidate whose separation beats the prior's by more than
-``VETO`` (20 AUROC points, a clear failure of the prior on the product's own synthetic
-defects) is fitted instead; where the prior cannot run, the ranking's best is. The chosen
+anomalydino was within 1 point in 17 (and is the best prior on any 5 of the 6 categories). So
+auto fits ``PRIOR`` (anomalydino) and uses the ranking as a veto (``pick``): a candidate whose
+separation beats the prior's by more than ``VETO`` (20 AUROC points, a clear failure of the
+prior on the product's own synthetic defects) is fitted instead; where the prior cannot run, the ranking's best is. The chosen
 method is then fitted as ``--method`` would fit it, and the ranking (separation, margin and
 seconds of every candidate, and why any was skipped) goes into the detector folder's record,
 where ``fsad predict``'s report shows it.

@@ -271,12 +271,18 @@ def _views_tail(refs: References, target_fpr: float) -> tuple[float, np.ndarray]
     return exponential_tail(r, target_fpr), r
 
 
+def lognormal_level(reference: np.ndarray, target_fpr: float, min_log_spread: float = MIN_SPREAD) -> float:
+    """The (1 - target_fpr) quantile of a log-normal model of ``reference`` (median and MAD of the logs, that spread
+    at least ``min_log_spread``); a normal model of the scores themselves where one is <= 0."""
+    z = NormalDist().inv_cdf(1 - target_fpr)
+    if np.all(reference > 0):
+        return float(np.exp(np.median(np.log(reference)) + z * log_spread(reference, min_log_spread)))
+    return float(np.median(reference)) + z * spread(reference)
+
+
 def _lognormal(refs: References, target_fpr: float) -> tuple[float, np.ndarray]:
     r = refs.normal("views")
-    z = NormalDist().inv_cdf(1 - target_fpr)
-    if np.all(r > 0):
-        return float(np.exp(np.median(np.log(r)) + z * log_spread(r, refs.calibration.min_log_spread))), r
-    return float(np.median(r)) + z * spread(r), r  # scores <= 0: a normal model of the scores themselves
+    return lognormal_level(r, target_fpr, refs.calibration.min_log_spread), r
 
 
 def _synthetic(refs: References, target_fpr: float) -> tuple[float, np.ndarray]:
@@ -393,6 +399,7 @@ __all__ = [
     "describe",
     "exponential_tail",
     "log_spread",
+    "lognormal_level",
     "loo_shift",
     "spread",
 ]
