@@ -35,7 +35,7 @@ draw of the first K sorted train/good images (draw -1), K consecutive parts as a
 
 ``--summary`` writes ``summary.csv`` (one row per method, rule, K, G), prints the tables of
 docs/calibration.md, the measured leave-one-out shift, the choice of each method's floor of the log
-spread (``choose_floor``: ``fsad.product.threshold.CALIBRATIONS``), and the figures
+spread (``choose_floor``: ``fsad.product.threshold.MIN_LOG_SPREADS``), and the figures
 ``docs/figures/calibration_fsad_mini_elpv.png`` (padim_views) and ``calibration_<method>.png``.
 """
 
@@ -66,7 +66,7 @@ from fsad.methods.padim import PaDiM  # noqa: E402
 from fsad.paths import FSAD_MINI_DIR  # noqa: E402
 from fsad.methods.registry import build_detector  # noqa: E402
 from fsad.product.calibration import reference_scores  # noqa: E402
-from fsad.product.threshold import RULE_NAMES, RULES, SHIFT, References, Threshold, lognormal_level, spread  # noqa: E402
+from fsad.product.threshold import RULE_NAMES, RULES, SHIFT, References, Threshold, lognormal_level, loo_shift, spread  # noqa: E402
 
 CATEGORIES = {"fsad-mini": ("bottle", "magnetic_tile", "metal_plate", "pcb"), "elpv": ("mono", "poly")}
 SHOTS = (1, 2, 4, 8, 16)
@@ -262,7 +262,7 @@ def before_level(refs: References, target_fpr: float) -> float:
     median, x loo_shift) + good, sigma of the logs at least 5 % of |median log| (at 224 px: 0.18 for scores near 40)."""
     views = np.asarray(refs.views, float)
     r = views * (float(np.median(refs.leave_one_out)) / float(np.median(views))) if len(views) else refs.leave_one_out
-    r = np.concatenate([r * refs.shift(), refs.good])
+    r = np.concatenate([r * loo_shift(refs.k), refs.good])
     threshold = float(np.exp(np.median(np.log(r)) + NormalDist().inv_cdf(1 - target_fpr) * spread(np.log(r))))
     median = float(np.median(r))
     return threshold if threshold > median else median + spread(r)  # as Threshold.level
@@ -282,6 +282,11 @@ def evaluate(row: dict, rule: str, g: int, target_fpr: float) -> dict | None:
         return None
     else:
         threshold, _ = Threshold.level(rule, refs, target_fpr)
+    return rates(row, threshold)
+
+
+def rates(row: dict, threshold: float) -> dict:
+    """FPR, recall, F1, balanced accuracy, oracle F1 gap, degenerate and in-band of ``threshold`` on the row's test split."""
     scores, labels = np.array(row["test"]), np.array(row["labels"])
     flagged = scores > threshold
     fpr = float(flagged[labels == 0].mean())
@@ -418,18 +423,14 @@ FLOORS = tuple(round(0.05 * i, 2) for i in range(1, 9))  # min_log_spread candid
 
 
 def lognormal_at_floor(row: dict, floor: float, target_fpr: float = 0.05) -> dict:
-    """``lognormal`` (G = 0) with sigma(log R) at least ``floor``, scored on the row's test split (as ``evaluate``)."""
+    """``lognormal`` (G = 0) with sigma(log R) at least ``floor``, scored on the row's test split (``rates``)."""
     refs = References(leave_one_out=np.array(row["leave_one_out"]), views=np.array(row["views"]), k=row["k"],
                       method=row["method"])
-    threshold = lognormal_level(refs.normal("views"), target_fpr, floor)
-    scores, labels = np.array(row["test"]), np.array(row["labels"])
-    fpr, recall = float((scores[labels == 0] > threshold).mean()), float((scores[labels == 1] > threshold).mean())
-    return {"fpr": fpr, "recall": recall, "in_target": 0.005 <= fpr <= 0.10,
-            "degenerate": fpr > DEGENERATE_FPR or (recall == 0 and fpr == 0)}
+    return rates(row, lognormal_level(refs.normal("views"), target_fpr, floor))
 
 
 def choose_floor(out: Path) -> None:
-    """Per method: the ``Calibration.min_log_spread`` of ``lognormal`` that maximises the share of (category, K, draw)
+    """Per method: the ``MIN_LOG_SPREADS`` floor of ``lognormal`` that maximises the share of (category, K, draw)
     in the 0.5-10 % FPR band minus the share of degenerate ones; chosen on all categories (the value to use) and, to
     say what a new product can expect, leave one category out (chosen on the others, measured on it)."""
     rows = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]

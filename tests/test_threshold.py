@@ -30,7 +30,7 @@ VIEWS = References(leave_one_out=np.array([4.0, 6.0]), views=views_of([4, 2, 6, 
 
 @pytest.fixture
 def shift_one(monkeypatch):
-    monkeypatch.setitem(module.CALIBRATIONS, "padim_views", module.Calibration(shift=1.0))
+    monkeypatch.setattr(module, "SHIFT", 1.0)
 
 
 def level(rule, refs, target_fpr=0.01):
@@ -51,8 +51,7 @@ def test_max_margin_is_todays_rule_on_unshifted_scores(shift_one):
 
 
 def test_leave_one_out_shift(shift_one):
-    assert (loo_shift(4, 1.0), loo_shift(2, 1.0), loo_shift(1, 1.0)) == (0.75, 0.5, 1.0)
-    assert (LOO.shift(), VIEWS.shift()) == (0.75, 0.5)
+    assert (loo_shift(4), loo_shift(2), loo_shift(1)) == (0.75, 0.5, 1.0)
     assert LOO.normal("leave_one_out").tolist() == [3.0, 6.0, 9.0, 30.0, 5.0, 7.0]  # good scores are not shifted
     assert sorted(VIEWS.normal("views").tolist()) == sorted([1.0, 2.0, 3.0, 4.0] * 4)  # the 14 atypical views left out
     # Typical views are rescaled to the leave-one-out median (10 / 5) before the shift.
@@ -148,7 +147,7 @@ def test_each_method_takes_its_measured_floor_of_the_log_spread():
     z = 1.6448536269514722  # the 95th percentile of a standard normal
     for method in ("padim_views", "anomalydino"):
         threshold, normal = level("lognormal", References(**tight, method=method), target_fpr=0.05)
-        floor = module.CALIBRATIONS[method].min_log_spread
+        floor = module.MIN_LOG_SPREADS[method]
         assert (threshold, normal) == pytest.approx((normal * math.exp(z * floor), 4.0 * module.loo_shift(2))), method
-    assert module.calibration_of("patchcore") == module.CALIBRATIONS["padim_views"]  # not measured: padim_views'
-    assert module.CALIBRATIONS["anomalydino"].min_log_spread > module.CALIBRATIONS["padim_views"].min_log_spread
+    assert module.min_log_spread("patchcore") == module.MIN_LOG_SPREADS["padim_views"]  # not measured: padim_views'
+    assert module.MIN_LOG_SPREADS["anomalydino"] > module.MIN_LOG_SPREADS["padim_views"]

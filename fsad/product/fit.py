@@ -27,7 +27,7 @@ from fsad.methods.registry import DETECTORS, RECORD_FILE, build_detector, is_det
 from fsad.product.calibration import reference_scores
 from fsad.product.images import find_images
 from fsad.product.selection import AUTO, check_auto, choose_method, ranking_lines
-from fsad.product.threshold import CALIBRATIONS, DEFAULT_TARGET_FPR, Threshold, check_rule, default_rule, describe
+from fsad.product.threshold import DEFAULT_TARGET_FPR, MIN_LOG_SPREADS, Threshold, check_rule, default_rule, describe
 from fsad.product.tiling import ASPECT_SPREAD_NOTE, DEFAULT_ASPECT, TiledDetector, product_sizes
 
 DEFAULT_METHOD = "padim_views"
@@ -218,7 +218,7 @@ def fit_command(images: Sequence[str], method: str | None, model: str | None, co
         print("note: no --good images: the threshold assumes the K support images vary as good parts do; K consecutive "
               "parts often vary less (ELPV mono, the first 4 sorted cells: 28 of 30 good test cells flagged; with 30 --good "
               "cells: 1 of 30; docs/calibration.md); pass --good DIR with good images from other batches")
-    if method not in CALIBRATIONS:
-        print(f"note: the threshold rules were measured on {' and '.join(CALIBRATIONS)} only (benchmarks/calibration.py); "
+    if method not in MIN_LOG_SPREADS:
+        print(f"note: the threshold rules were measured on {' and '.join(MIN_LOG_SPREADS)} only (benchmarks/calibration.py); "
               f"{method}'s false-positive rate on new good parts is not known: check it on good images you hold back")
     print(f"detector: {Path(out)} ({RECORD_FILE} says what made it); {time.perf_counter() - tic:.1f} s")

@@ -17,8 +17,8 @@ reference scores (``References``, made by ``fsad.product.calibration``) into a t
 - ``synthetic``: anomalies made from every support image (cut-paste, noise, thin
   scratches), scored by the detector fitted on the other K - 1.
 
-What was measured per method is a ``Calibration`` (``CALIBRATIONS``): the leave-one-out shift
-and the floor of the log spread; a method not measured takes padim_views'.
+The floor of the log spread was measured per method (``MIN_LOG_SPREADS``); a method not
+measured takes padim_views'.
 
 Typical views are rescaled to the median of the leave-one-out scores (augmented copies score
 higher than the images: they give the spread, the images the level). A leave-one-out score comes
@@ -31,7 +31,7 @@ K = 8; ``benchmarks/calibration.py``, docs/calibration.md).
 
 The rules (R: the references named, "views" meaning the typical ones; med: median; sigma =
 1.4826 x median absolute deviation, at least 5 % of |med| (of the logs: at least the method's
-``Calibration.min_log_spread``); f: ``--target-fpr``):
+``MIN_LOG_SPREADS``); f: ``--target-fpr``):
 
 =============  ===========================================  =====================================
 rule           references R                                 threshold
@@ -51,7 +51,7 @@ synthetic      leave_one_out + good, and synthetic S        max(max R, (max R + 
 The default, ``lognormal`` at f = 0.05, was chosen on ``benchmarks/calibration.py`` (128 px, all
 22 views); at 224 px its 22-view spread put the threshold above every good part of metal_plate,
 so the view rules use the typical views only. Its floor of the log spread is per method
-(``CALIBRATIONS``: padim_views 0.15, anomalydino 0.25, chosen at 224 px on 11 draws of K = 4 and
+(``MIN_LOG_SPREADS``: padim_views 0.15, anomalydino 0.25, chosen at 224 px on 11 draws of K = 4 and
 8 per category, the first K sorted images among them). With ``GOOD_FOR_TAIL`` (10) or more
 ``--good`` images the default is ``tail`` (``default_rule``): at G = 30 it had no degenerate
 draw for either method, and 65-85 % of draws in the 0.5-10 % FPR band (docs/calibration.md).
@@ -127,30 +127,16 @@ the threshold; label = anomalous when normalised > 0.5. The same rule on the map
 the pixel threshold of the heat-maps and masks. K = 1 needs --good."""
 
 
-@dataclass(frozen=True)
-class Calibration:
-    """What ``benchmarks/calibration.py`` measured of one method's reference scores against unseen good images.
-
-    Attributes:
-        shift: ``loo_shift(K) = 1 - shift / K`` takes a leave-one-out score to a new good image's scale.
-        min_log_spread: The floor of sigma(log R) in ``lognormal``: unseen good images spread at least this much.
-    """
-
-    shift: float = SHIFT
-    min_log_spread: float = MIN_SPREAD
-
-
-# Per method; a method not named here (not measured) takes padim_views'. min_log_spread was chosen per method on
+# The floor of sigma(log R) in ``lognormal`` per method: unseen good images spread at least this much. Chosen on
 # benchmarks/calibration.py (224 px, K = 4 and 8, fsad-mini + ELPV; --summary, "chosen on all categories"): the floor
-# of lognormal@0.05 with the most (category, draw) pairs in the 0.5-10 % FPR band less the degenerate ones; every
-# leave-one-category-out fold chose the same value for anomalydino (docs/calibration.md).
-CALIBRATIONS: dict[str, Calibration] = {"padim_views": Calibration(min_log_spread=0.15),
-                                        "anomalydino": Calibration(min_log_spread=0.25)}
+# of lognormal@0.05 with the most (category, draw) pairs in the 0.5-10 % FPR band less the degenerate ones
+# (docs/calibration.md). A method not named here (not measured) takes padim_views'.
+MIN_LOG_SPREADS: dict[str, float] = {"padim_views": 0.15, "anomalydino": 0.25}
 
 
-def calibration_of(method: str) -> Calibration:
-    """The ``Calibration`` of ``method`` (padim_views' where it was not measured)."""
-    return CALIBRATIONS.get(method, CALIBRATIONS["padim_views"])
+def min_log_spread(method: str) -> float:
+    """``MIN_LOG_SPREADS`` of ``method`` (padim_views' where it was not measured)."""
+    return MIN_LOG_SPREADS.get(method, MIN_LOG_SPREADS["padim_views"])
 
 
 def default_rule(good: int) -> str:
@@ -160,9 +146,9 @@ def default_rule(good: int) -> str:
     return DEFAULT_RULE_WITH_GOOD if good >= GOOD_FOR_TAIL else DEFAULT_RULE
 
 
-def loo_shift(k: int, shift: float = SHIFT) -> float:
+def loo_shift(k: int) -> float:
     """The factor that takes a leave-one-out score (K - 1 images) to the scale of a new good image (K)."""
-    return 1.0 - shift / k if k > 1 else 1.0
+    return 1.0 - SHIFT / k if k > 1 else 1.0
 
 
 @dataclass(frozen=True)
@@ -175,7 +161,7 @@ class References:
         good: G scores of the --good images against all K.
         synthetic: S scores of synthetic anomalies against the other K - 1 (or empty).
         k: The number of support images (for the leave-one-out shift).
-        method: The detector that scored them (its ``Calibration``).
+        method: The detector that scored them (its ``min_log_spread``).
     """
 
     leave_one_out: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -185,14 +171,6 @@ class References:
     k: int = 0
     method: str = "padim_views"
 
-    @property
-    def calibration(self) -> Calibration:
-        return calibration_of(self.method)
-
-    def shift(self) -> float:
-        """``loo_shift`` of these references: K and the method's measured shift."""
-        return loo_shift(self.k, self.calibration.shift)
-
     def normal(self, kind: str, shifted: bool = True) -> np.ndarray:
         """``kind`` ('leave_one_out' or 'views'; views fall back to leave_one_out when absent), plus good.
 
@@ -200,7 +178,7 @@ class References:
         (x median(leave_one_out) / median(views)): shifted and rotated copies score higher than
         the images themselves, so they give the spread of the normal scores, the images their level.
         """
-        factor = self.shift() if shifted else 1.0
+        factor = loo_shift(self.k) if shifted else 1.0
         scores = self.leave_one_out
         if kind == "views" and len(self.views):
             views = self.typical_views()
@@ -282,7 +260,7 @@ def lognormal_level(reference: np.ndarray, target_fpr: float, min_log_spread: fl
 
 def _lognormal(refs: References, target_fpr: float) -> tuple[float, np.ndarray]:
     r = refs.normal("views")
-    return lognormal_level(r, target_fpr, refs.calibration.min_log_spread), r
+    return lognormal_level(r, target_fpr, min_log_spread(refs.method)), r
 
 
 def _synthetic(refs: References, target_fpr: float) -> tuple[float, np.ndarray]:
@@ -291,7 +269,7 @@ def _synthetic(refs: References, target_fpr: float) -> tuple[float, np.ndarray]:
                          "are scored leave one out); choose another --threshold")
     r = refs.normal("leave_one_out")
     top = float(np.max(r))
-    anomalous = float(np.median(np.asarray(refs.synthetic, float) * refs.shift()))
+    anomalous = float(np.median(np.asarray(refs.synthetic, float) * loo_shift(refs.k)))
     return max(top, (top + anomalous) / 2), r
 
 
@@ -380,20 +358,18 @@ def describe(rule: str, target_fpr: float) -> str:
 
 
 __all__ = [
-    "CALIBRATIONS",
     "DEFAULT_RULE",
     "DEFAULT_RULE_WITH_GOOD",
     "DEFAULT_TARGET_FPR",
     "GOOD_FOR_TAIL",
+    "MIN_LOG_SPREADS",
     "NUM_VIEWS",
     "RULES",
     "RULE_NAMES",
     "THRESHOLD_RULE",
     "TYPICAL_VIEWS",
-    "Calibration",
     "References",
     "Threshold",
-    "calibration_of",
     "check_rule",
     "default_rule",
     "describe",
@@ -401,5 +377,6 @@ __all__ = [
     "log_spread",
     "lognormal_level",
     "loo_shift",
+    "min_log_spread",
     "spread",
 ]

@@ -194,7 +194,8 @@ def product_sizes(regad: RegADConfig, support: Sequence[Path], aspect: str = DEF
         raise ValueError(f"fsad fit: --tile must be >= 1 tile across the short side, got {tile}")
     sizes = [image_size(path) for path in support]  # (width, height) as shown
     aspects = [w / h for w, h in sizes]
-    ratio = median_aspect(sizes) if aspect == "keep" else 1.0
+    median = median_aspect(sizes)
+    ratio = median if aspect == "keep" else 1.0
     explicit = not isinstance(regad.image_size, int)
     if not explicit and aspect == "keep" and tile is None:
         regad = regad.replace(image_size=list(keep_aspect_size(regad.image_size, ratio)))
@@ -203,7 +204,7 @@ def product_sizes(regad: RegADConfig, support: Sequence[Path], aspect: str = DEF
         side = min(as_hw(regad.image_size))
         read_at = tiled_image_size(side, tile, ratio, min(min(s) for s in sizes))
         read_at = tuple(max(a, b) for a, b in zip(read_at, as_hw(regad.image_size)))  # at least one tile each way
-    record = {"aspect": "given" if explicit else aspect, "aspects": [min(aspects), float(np.median(aspects)), max(aspects)],
+    record = {"aspect": "given" if explicit else aspect, "aspects": [min(aspects), median, max(aspects)],
               "size": list(read_at), "tiles": tile}
     return regad, record
 
