@@ -364,6 +364,39 @@ def test_predict_writes_a_self_contained_report_of_every_image(product, capsys):
     assert threshold["rule"][:60] in page
     assert "<script" not in page and "http" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")  # offline
     assert f"report: {tmp / 'results' / 'report.html'}" in printed.out and " images/s " in printed.out
+    assert '<p class="note">' not in page  # 8 images: too few for the note on a mostly flagged run
+
+
+def test_flagged_note_only_when_a_large_run_is_mostly_flagged():
+    from fsad.product.predict import FLAG_CHECK_FROM, flagged_note
+
+    record = {"threshold": {"target_fpr": 0.05}, "support": {"count": 4}, "good": {"count": 0}}
+    assert flagged_note(9, 30, record) is None  # 30 %: not more than FLAGGED_NOTE
+    note = flagged_note(10, 30, record)
+    assert note.startswith("10 of 30 images (33 %) are anomalous") and "5 % false-positive rate" in note
+    assert "K = 4 support images" in note and "refit with --good DIR" in note
+    assert flagged_note(FLAG_CHECK_FROM - 1, FLAG_CHECK_FROM - 1, record) is None  # too few images to tell
+    with_good = {**record, "threshold": {"target_fpr": None}, "good": {"count": 30}}
+    note = flagged_note(20, 20, with_good)
+    assert "what the threshold expects" in note and "refit with more --good images" in note
+
+
+def test_predict_notes_a_mostly_flagged_run_in_the_output_and_the_report(product, capsys, monkeypatch):
+    from fsad.product import predict
+
+    tmp = product["tmp"]
+    fsad("fit", product["good"], "--config", product["config"], "--out", tmp / "detector")
+    monkeypatch.setattr(predict, "FLAG_CHECK_FROM", 1)  # the toy test split has 8 images
+    monkeypatch.setattr(predict, "FLAGGED_NOTE", 0.0)  # any flagged image: the note
+    capsys.readouterr()
+    fsad("predict", tmp / "detector", product["test"], "--out", tmp / "results")
+    printed = capsys.readouterr().out
+    table = pd.read_csv(tmp / "results" / "predictions.csv")
+    anomalous = int((table["label"] == "anomalous").sum())
+    assert anomalous > 0  # the toy's defects are flagged
+    line = f"{anomalous} of {len(table)} images ({100 * anomalous / len(table):.0f} %) are anomalous"
+    assert f"note: {line}" in printed
+    assert f'<p class="note"><b>Note:</b> {line}' in (tmp / "results" / "report.html").read_text()
 
 
 @pytest.mark.slow

@@ -38,6 +38,11 @@ PREDICT_PIXELS = 64_000_000  # originals kept per batch, for the full-size overl
 OVERLAY_PIXELS = 2**24  # the largest heat-map and mask written (4096 x 4096); larger images get theirs downscaled
 # A run of at least this many images shows a progress bar.
 PROGRESS_FROM = 20
+# A run of at least FLAG_CHECK_FROM images with more than FLAGGED_NOTE of them anomalous gets a note: on a line
+# most parts are good, and the calibration benchmark's worst draws (the first K sorted images, no --good) flagged
+# 30-93 % of good parts (docs/calibration.md).
+FLAG_CHECK_FROM = 20
+FLAGGED_NOTE = 0.3
 
 
 def _jet(values: torch.Tensor) -> torch.Tensor:
@@ -99,6 +104,18 @@ def _batches(found: Sequence[tuple[Path, str]], size: int | tuple[int, int]):
         yield batch, failed
 
 
+def flagged_note(anomalous: int, scored: int, record: dict[str, Any]) -> str | None:
+    """A note when more than ``FLAGGED_NOTE`` of at least ``FLAG_CHECK_FROM`` scored images were flagged, else None."""
+    if scored < FLAG_CHECK_FROM or anomalous <= FLAGGED_NOTE * scored:
+        return None
+    target = record["threshold"].get("target_fpr")
+    rate = f"the {100 * target:g} % false-positive rate the threshold was set for" if target else "what the threshold expects"
+    more = "more --good images" if (record.get("good") or {}).get("count") else "--good DIR"
+    return (f"{anomalous} of {scored} images ({100 * anomalous / scored:.0f} %) are anomalous, far above {rate}. If most of "
+            f"these parts are good, the K = {record['support']['count']} support images vary less than production "
+            f"(K consecutive parts often do): refit with {more} (good images from other batches; docs/calibration.md)")
+
+
 @torch.no_grad()
 def predict_product(detector_dir: Path, images: Sequence[str | Path], out: Path, masks: bool = False,
                     device: str | None = None, progress: bool = True) -> dict[str, Any]:
@@ -109,7 +126,8 @@ def predict_product(detector_dir: Path, images: Sequence[str | Path], out: Path,
 
     Returns:
         ``{"csv", "heatmaps", "masks", "report", "images", "anomalous", "errors": [(path, message)], "method",
-        "selection" (the ranking of ``fsad fit --method auto``, or None), "seconds"}``; ``seconds``: reading, scoring and writing the images.
+        "selection" (the ranking of ``fsad fit --method auto``, or None), "seconds", "note" (``flagged_note``)}``;
+        ``seconds``: reading, scoring and writing the images.
     """
     detector, record = load_exported(Path(detector_dir), device=device)  # fsad export's graph, where the folder has one
     detector = from_record(detector, record)  # tiled as fsad fit --tile made it
@@ -153,11 +171,13 @@ def predict_product(detector_dir: Path, images: Sequence[str | Path], out: Path,
         (out / "masks").rmdir()  # atomic_dir made it; nothing was asked of it
     columns = ["path", "score", "normalised_score", "label", "heatmap"] + (["mask"] if masks else []) + ["error"]
     seconds = time.perf_counter() - tic
+    anomalous = sum(r["label"] == "anomalous" for r in rows)
+    note = flagged_note(anomalous, len(found) - len(errors), record)
     write_rows_atomic(out / PREDICTIONS_FILE, rows, columns)
-    report = write_report(out, rows, record, Path(detector_dir), thumbnails, seconds)
+    report = write_report(out, rows, record, Path(detector_dir), thumbnails, seconds, note)
     return {"csv": out / PREDICTIONS_FILE, "heatmaps": out / "heatmaps", "masks": out / "masks" if masks else None,
-            "report": report, "images": len(found), "anomalous": sum(r["label"] == "anomalous" for r in rows),
-            "errors": errors, "method": record["method"], "selection": record.get("selection"), "seconds": seconds}
+            "report": report, "images": len(found), "anomalous": anomalous, "errors": errors, "method": record["method"],
+            "selection": record.get("selection"), "seconds": seconds, "note": note}
 
 
 def predict_command(detector: str, images: Sequence[str], out: str, masks: bool, device: str | None = None) -> None:
@@ -176,6 +196,8 @@ def predict_command(detector: str, images: Sequence[str], out: str, masks: bool,
     print(f"predictions: {summary['csv']}")
     print(f"heat-maps: {summary['heatmaps']}" + (f"\nmasks: {summary['masks']}" if summary["masks"] else ""))
     print(f"report: {summary['report']}")
+    if summary["note"]:
+        print(f"note: {summary['note']}")
     if summary["errors"]:
         first = summary["errors"][0][0]
         raise ValueError(f"fsad predict: {len(summary['errors'])} of {summary['images']} images could not be read "

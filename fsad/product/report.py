@@ -115,6 +115,7 @@ td.number, th.number { text-align: right; font-variant-numeric: tabular-nums; }
 td img { width: 144px; height: 144px; object-fit: contain; display: block; }
 pre { background: #f6f6f6; padding: 8px; overflow-x: auto; }
 dt { font-weight: bold; } dd { margin: 0 0 6px 0; }
+.note { background: #fff4e5; border-left: 4px solid #e8a33d; padding: 8px 12px; max-width: 60em; }
 """
 
 
@@ -153,7 +154,7 @@ def _selection(selection: dict[str, Any] | None) -> list[str]:
 
 
 def write_report(out: Path, rows: Sequence[dict[str, Any]], record: dict[str, Any], detector_dir: Path,
-                 thumbnails: dict[str, str], seconds: float) -> Path:
+                 thumbnails: dict[str, str], seconds: float, note: str | None = None) -> Path:
     """Write ``out/report.html`` for the rows of ``predictions.csv``.
 
     Args:
@@ -163,6 +164,7 @@ def write_report(out: Path, rows: Sequence[dict[str, Any]], record: dict[str, An
         detector_dir: The detector folder, named on the page.
         thumbnails: ``{path: data URI}`` of each scored image's overlay (``thumbnail``).
         seconds: Wall time of the scoring, for the images/s shown.
+        note: A warning shown under the heading (``fsad.product.predict.flagged_note``).
 
     Returns:
         The path of the page.
@@ -183,6 +185,7 @@ def write_report(out: Path, rows: Sequence[dict[str, Any]], record: dict[str, An
         f"K = {record['support']['count']} support images"
         + (f" + {record['good']['count']} good images for the threshold" if (record.get("good") or {}).get("count") else "")
         + f"; {seconds:.1f} s ({speed}).</p>",
+        *([f'<p class="note"><b>Note:</b> {html.escape(note)}</p>'] if note else []),
         *_selection(record.get("selection")),
         "<h2>Image scores</h2>",
         histogram_svg(np.array([r["score"] for r in scored], float), float(threshold["image"]), references) if scored else "",
