@@ -451,7 +451,7 @@ def choose_floor(out: Path) -> None:
             held.append(part[(part["category"] == category) & (part["floor"] == floor)].assign(chosen=floor))
         held = pd.concat(held)
         print(f"{method}: chosen on all categories: min_log_spread {best(part):g}; leave one category out (chosen "
-              f"{dict(held.groupby('category')['chosen'].first())}):")
+              f"{ {c: float(v) for c, v in held.groupby('category')['chosen'].first().items()} }):")
         print(held.groupby("k").agg(fpr=("fpr", "mean"), recall=("recall", "mean"), in_band=("in_target", "mean"),
                                     degenerate=("degenerate", "sum"), pairs=("fpr", "size")).round(3).to_string())
 

@@ -145,9 +145,9 @@ def test_bad_rule_or_target_is_a_clear_error():
 def test_each_method_takes_its_measured_floor_of_the_log_spread():
     tight = {"leave_one_out": np.array([4.0, 4.0]), "views": views_of([4.0] * 8, [4.0] * 8), "k": 2}  # sigma(log) = 0
     z = 1.6448536269514722  # the 95th percentile of a standard normal
-    for method in ("padim_views", "anomalydino"):
+    for method in ("padim_views", "anomalydino", "patchcore", "fastrecon"):
         threshold, normal = level("lognormal", References(**tight, method=method), target_fpr=0.05)
         floor = module.MIN_LOG_SPREADS[method]
         assert (threshold, normal) == pytest.approx((normal * math.exp(z * floor), 4.0 * module.loo_shift(2))), method
-    assert module.min_log_spread("patchcore") == module.MIN_LOG_SPREADS["padim_views"]  # not measured: padim_views'
+    assert module.min_log_spread("spade") == module.MIN_LOG_SPREADS["padim_views"]  # not measured: padim_views'
     assert module.MIN_LOG_SPREADS["anomalydino"] > module.MIN_LOG_SPREADS["padim_views"]

@@ -52,7 +52,7 @@ The default, ``lognormal`` at f = 0.05, was chosen on ``benchmarks/calibration.p
 22 views); at 224 px its 22-view spread put the threshold above every good part of metal_plate,
 so the view rules use the typical views only. Its floor of the log spread is per method
 (``MIN_LOG_SPREADS``: padim_views 0.15, anomalydino 0.25, chosen at 224 px on 11 draws of K = 4 and
-8 per category, the first K sorted images among them). With ``GOOD_FOR_TAIL`` (10) or more
+8 per category, the first K sorted images among them; patchcore and fastrecon 0.2, likewise). With ``GOOD_FOR_TAIL`` (10) or more
 ``--good`` images the default is ``tail`` (``default_rule``): at G = 30 it had no degenerate
 draw for either method, and 65-85 % of draws in the 0.5-10 % FPR band (docs/calibration.md).
 
@@ -105,11 +105,12 @@ anomalies where the rule uses them, plus the --good images by the detector fitte
 Rules: """ + ", ".join(RULE_NAMES) + """ (fsad.product.threshold).
 
 Default: lognormal at --target-fpr 0.05: a log-normal model (median, 1.4826 MAD of the logs, at
-least 0.15 for padim_views, 0.25 for anomalydino) of the scores of 8 of the 22 views of each
-support image, those like another good part (the image, rotations by +-11.25 degrees, shifts by
-5 % of the side, the flip; rescaled to the images' median, x (1 - 0.6 / K) for the K - 1 vs K
-shift) and the --good scores, threshold at its 95th percentile. With 10 or more --good images
-the default is tail (an exponential tail above the median of the leave-one-out and --good scores).
+least 0.15 for padim_views, 0.25 for anomalydino, 0.2 for patchcore and fastrecon) of the scores
+of 8 of the 22 views of each support image, those like another good part (the image, rotations
+by +-11.25 degrees, shifts by 5 % of the side, the flip; rescaled to the images' median,
+x (1 - 0.6 / K) for the K - 1 vs K shift) and the --good scores, threshold at its 95th percentile.
+With 10 or more --good images the default is tail (an exponential tail above the median of the
+leave-one-out and --good scores).
 Measured (benchmarks/calibration.py, 224 px, fsad-mini's 4 categories + ELPV mono / poly, 11
 draws of K each: 10 random and the first K sorted; FPR on unseen good images, mean and 10-90 %
 of draws; recall on defective ones):
@@ -118,9 +119,14 @@ of draws; recall on defective ones):
   padim_views, 30 --good, tail: K = 4: 5.4 % (0 - 12 %), recall 38 %, none degenerate; K = 8: 6.1 %, 47 %.
   anomalydino, no --good, K = 4: FPR 11.2 % (0 - 29 %), recall 62 %, 11 of 66 degenerate.
   anomalydino, 30 --good, tail: K = 4: 5.9 % (0 - 17 %), recall 60 %, none degenerate; K = 8: 6.5 %, 68 %.
+  patchcore, no --good, K = 4: FPR 14.0 % (0 - 30 %), recall 62 %, 6 of 66 degenerate; K = 8: 4.7 %,
+    53 %, 1 of 66; 30 --good, tail: K = 4: 5.9 %, 53 %, none degenerate; K = 8: 5.6 %, 59 %.
+  fastrecon, no --good, K = 4: FPR 7.6 % (0 - 19 %), recall 45 %, 4 of 66 degenerate; K = 8: 4.8 %,
+    42 %, 2 of 66; 30 --good, tail: K = 4: 5.0 %, 44 %, 1 degenerate; K = 8: 5.7 %, 47 %, 1.
 K consecutive parts vary less than production: with the first K sorted images and no --good the
 FPR was 39 % (padim_views, K = 4) on average; --good images from other batches fix the level.
-Other methods take padim_views' settings, not measured on them (fit says so).
+Other methods (padim, spade, regad, ...) take padim_views' settings, not measured on them (fit
+says so).
 
 normalised score = clip(0.5 + 0.5 (score - threshold) / (threshold - median), 0, 1), so 0.5 is
 the threshold; label = anomalous when normalised > 0.5. The same rule on the maps' maxima sets
@@ -130,8 +136,9 @@ the pixel threshold of the heat-maps and masks. K = 1 needs --good."""
 # The floor of sigma(log R) in ``lognormal`` per method: unseen good images spread at least this much. Chosen on
 # benchmarks/calibration.py (224 px, K = 4 and 8, fsad-mini + ELPV; --summary, "chosen on all categories"): the floor
 # of lognormal@0.05 with the most (category, draw) pairs in the 0.5-10 % FPR band less the degenerate ones
-# (docs/calibration.md). A method not named here (not measured) takes padim_views'.
-MIN_LOG_SPREADS: dict[str, float] = {"padim_views": 0.15, "anomalydino": 0.25}
+# (docs/calibration.md; patchcore and fastrecon: 10 random draws + the sorted one, as the others). A method not named
+# here (not measured) takes padim_views'.
+MIN_LOG_SPREADS: dict[str, float] = {"padim_views": 0.15, "anomalydino": 0.25, "patchcore": 0.2, "fastrecon": 0.2}
 
 
 def min_log_spread(method: str) -> float:
