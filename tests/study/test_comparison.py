@@ -13,13 +13,20 @@ from fsad.study.comparison import DEFAULT_METHODS, MemoryMonitor, comparison_tab
 
 
 def test_memory_monitor_sees_a_torch_allocation():
-    with MemoryMonitor("cpu") as monitor:
-        x = torch.ones(2**26)  # 256 MiB
-        x.add_(1)
-        # Held for 50 sampling intervals: on a fast, busy CPU the two kernels can end
-        # before the sampler thread is scheduled once (CI saw a 0.008 MiB peak).
-        time.sleep(0.1)
-        del x
+    # CI once saw a 0.008 MiB peak. Two causes are guarded against: the kernels ending before the sampler
+    # thread ran once (the tensor is held for 50 sampling intervals), and Linux's per-CPU RSS counters
+    # (kernel 6.2+), which /proc reads without the counts still held per CPU: pages touched by many
+    # torch threads, each fewer than the counter's batch, never reach the read (one thread touches them all).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with MemoryMonitor("cpu") as monitor:
+            x = torch.ones(2**26)  # 256 MiB
+            x.add_(1)
+            time.sleep(0.1)
+            del x
+    finally:
+        torch.set_num_threads(threads)
     assert monitor.peak_mib > 200
     assert monitor.process_peak_mib >= monitor.peak_mib
 
