@@ -49,6 +49,11 @@ def _file_digest(path: Path) -> str:
     return digest
 
 
+def file_digests(paths: Iterable[Path]) -> set[str]:
+    """The sha256 of each file's bytes alone (no names): the same image under any name or folder is one digest."""
+    return {_file_digest(Path(os.path.abspath(p))) for p in paths}
+
+
 def _name(path: Path, root: Path) -> str:
     # NFC: macOS writes decomposed names, Linux keeps what it is given; the same data set
     # must fingerprint the same on both.
@@ -127,4 +132,4 @@ def category_fingerprint(category: Category, parts: Iterable[str] = ("train",)) 
     return fingerprint(category_files(category, parts), root=category.root)
 
 
-__all__ = ["DIGEST_CHARS", "PARTS", "category_files", "category_fingerprint", "fingerprint"]
+__all__ = ["DIGEST_CHARS", "PARTS", "category_files", "category_fingerprint", "file_digests", "fingerprint"]

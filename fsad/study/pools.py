@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from fsad.data.fingerprint import file_digests
 from fsad.data.mvtec import IMAGE_SUFFIXES, NORMAL, Category, Sample, list_categories, load_category, nfc
 from fsad.paths import DTD_MINI_DIR
 
@@ -127,7 +128,8 @@ def training_pool(target: Category, others: Sequence[Category], extra: Sequence[
     """The categories that train the model of ``target``: ``train_own`` of ``others`` (sorted by name), then ``extra``.
 
     The target itself is never in it, even when an extra source holds it (``train_extra:
-    [fsad-mini]`` for a fsad-mini target), and a category reached twice counts once.
+    [fsad-mini]`` for a fsad-mini target) or a copy of it elsewhere (the same train/good bytes), and a
+    category reached twice (by path or by content) counts once. Images are compared by their bytes.
 
     Args:
         target: The held-out category.
@@ -136,15 +138,25 @@ def training_pool(target: Category, others: Sequence[Category], extra: Sequence[
         train_own: How many of ``others`` (``None``: all; ``0``: none).
 
     Raises:
-        ValueError: the pool is empty.
+        ValueError: the pool is empty, or a category holds some of the target's images (train or test) without
+            being a copy of the target.
     """
     own = sorted(others, key=lambda c: c.name)[: train_own]
-    seen = {target.path.resolve()}
+    target_images = file_digests(s.path for s in (*target.train, *target.test))
+    seen_paths, seen_content = {target.path.resolve()}, {frozenset(file_digests(s.path for s in target.train))}
     pool = []
     for category in [*own, *extra]:
-        if category.path.resolve() not in seen:
-            seen.add(category.path.resolve())
-            pool.append(category)
+        content = frozenset(file_digests(s.path for s in category.train))
+        if category.path.resolve() in seen_paths or content in seen_content:  # the target or a repeat
+            continue
+        shared = len(content & target_images)
+        if shared:
+            raise ValueError(f"the training pool of {target.name!r}: {category.name!r} ({category.path}) holds {shared} of "
+                             f"the target's images; training must not see them: remove them from that folder, or "
+                             f"drop it from train_extra")
+        seen_paths.add(category.path.resolve())
+        seen_content.add(content)
+        pool.append(category)
     if not pool:
         raise ValueError(f"the training pool of {target.name!r} is empty (train_own: {train_own}, train_extra adds "
                          f"{len(extra)} categories, the target excluded); raise train_own or add to train_extra")

@@ -61,6 +61,24 @@ def test_the_pool_never_holds_the_target_and_counts_a_category_once(toy_root):
         training_pool(target, others, [], train_own=0)
 
 
+def test_a_copy_of_the_target_is_left_out_and_a_folder_holding_some_of_its_images_refused(toy_root, tmp_path):
+    import shutil
+
+    target = load_category(toy_root, "disc")
+    others = [load_category(toy_root, "ring")]
+    copies = tmp_path / "copies"
+    shutil.copytree(toy_root / "disc", copies / "disc_renamed")  # the target under another name and path
+    shutil.copytree(toy_root / "ring", copies / "ring")  # a repeat of an own category
+    assert [c.name for c in training_pool(target, others, load_extra([str(copies)]))] == ["ring"]
+
+    mixed = tmp_path / "mixed"
+    shutil.copytree(toy_root / "stripes", mixed / "stripes")
+    leaked = min((toy_root / "disc" / "test" / "good").glob("*.png"))
+    shutil.copy(leaked, mixed / "stripes" / "train" / "good" / "zz_leaked.png")  # one of the target's test images
+    with pytest.raises(ValueError, match=r"pool of 'disc': '.*stripes' .* holds 1 of the target's images"):
+        training_pool(target, others, load_extra([str(mixed)]))
+
+
 def test_the_pool_is_recorded_by_the_model_not_by_its_settings(toy_root, textures, tmp_path, caplog):
     config = ExperimentConfig(dataset=str(toy_root), categories=("disc",), shots=(2,), n_sets=1, metrics=("image_auroc",),
                               untrained_baseline=False, regad=TINY.replace(train_own=1, train_extra=(textures,)))
