@@ -65,10 +65,10 @@ def test_the_training_manifest_lists_the_pools_categories_and_files(toy_root, pi
     """train@<target>-<seed> depends on its pool's manifest: an extra category's image change reruns it."""
     data = make_toy_dataset(tmp_path / "own", categories=("disc", "ring"), n_train=4, size=32)
     textures = tmp_path / "textures"  # a folder of class folders (dtd-mini's layout): each class a category
-    for name in ("banded", "dotted"):
+    for first, name in ((0, "banded"), (6, "dotted")):  # other images: identical classes would count once
         (textures / name).mkdir(parents=True)
         for i in range(6):  # 5 train, the last sixth spare (fsad.study.pools)
-            shutil.copy(toy_root / "stripes" / "train" / "good" / f"{i:03d}.png", textures / name / f"{i}.png")
+            shutil.copy(toy_root / "stripes" / "train" / "good" / f"{first + i:03d}.png", textures / name / f"{i}.png")
     prepare_data(str(data), ["disc"], [2], 1, 0, progress=False, train_extra=[str(textures), "toy/stripes"])
     listed = training_set("disc")
     assert listed["train_categories"] == ["ring", "textures/banded", "textures/dotted", "toy/stripes"]
@@ -76,7 +76,7 @@ def test_the_training_manifest_lists_the_pools_categories_and_files(toy_root, pi
     assert sorted(listed["files"]["textures/banded"]) == [f"{i}.png" for i in range(5)]  # the spare image never trains
     assert len(listed["files"]["toy/stripes"]) == 12 and len(listed["files"]["ring"]) == 4
     before = manifests(pipeline_root)
-    shutil.copy(toy_root / "disc" / "train" / "good" / "000.png", textures / "dotted" / "2.png")
+    shutil.copy(toy_root / "stripes" / "train" / "good" / "000.png", textures / "dotted" / "2.png")  # not the target's
     prepare_data(str(data), ["disc"], [2], 1, 0, progress=False, train_extra=[str(textures), "toy/stripes"])
     assert {k for k, v in manifests(pipeline_root).items() if before[k] != v} == {"training_sets/disc.json"}
     assert [c.name for c in prepared_pool("disc", [str(textures), "toy/stripes"], None)] == listed["train_categories"]
