@@ -135,10 +135,10 @@ class MemoryMonitor:
     the allocation at entry. On the
     CPU: the process's resident set size, sampled every 2 ms by a thread (torch releases
     the GIL in its kernels), above its value at entry; ``ru_maxrss`` cannot be used as it
-    never goes down across methods. NaN where /proc is missing (not Linux). On Linux 6.2+ the
-    resident size is a per-CPU counter that /proc reads approximately (short by up to the
-    counter's batch, 2 x the CPUs in pages, on each CPU): on a machine with many CPUs a peak
-    made by many threads can read hundreds of MiB low.
+    never goes down across methods. NaN where /proc is missing (not Linux). It counts what the
+    process takes from the system: memory the allocator holds from earlier frees (glibc keeps
+    freed heap blocks resident) is reused without growing the resident size, so a peak made in
+    it reads low.
 
     Example:
         >>> with MemoryMonitor("cpu") as monitor:

@@ -1,4 +1,5 @@
 import math
+import mmap
 import time
 
 import pandas as pd
@@ -13,20 +14,16 @@ from fsad.study.comparison import DEFAULT_METHODS, MemoryMonitor, comparison_tab
 
 
 def test_memory_monitor_sees_a_torch_allocation():
-    # CI once saw a 0.008 MiB peak. Two causes are guarded against: the kernels ending before the sampler
-    # thread ran once (the tensor is held for 50 sampling intervals), and Linux's per-CPU RSS counters
-    # (kernel 6.2+), which /proc reads without the counts still held per CPU: pages touched by many
-    # torch threads, each fewer than the counter's batch, never reach the read (one thread touches them all).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with MemoryMonitor("cpu") as monitor:
-            x = torch.ones(2**26)  # 256 MiB
-            x.add_(1)
-            time.sleep(0.1)
-            del x
-    finally:
-        torch.set_num_threads(threads)
+    # A torch kernel fills 256 MiB of fresh pages (an anonymous mmap), held for 50 sampling intervals. Not
+    # torch.ones: after earlier tests glibc may serve it from heap memory freed but kept resident, and the
+    # resident size does not grow (CI saw a 0.008 MiB peak; reproduced here after 30 freed 20 MiB tensors).
+    block = mmap.mmap(-1, 2**28)
+    with MemoryMonitor("cpu") as monitor:
+        x = torch.frombuffer(block, dtype=torch.float32)
+        x.fill_(1.0)
+        time.sleep(0.1)
+        del x
+    block.close()
     assert monitor.peak_mib > 200
     assert monitor.process_peak_mib >= monitor.peak_mib
 
