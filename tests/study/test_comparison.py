@@ -76,12 +76,13 @@ def test_costs_are_measured_per_method(toy_root, tmp_path):
     run_comparison(toy_config(toy_root, methods=("regad", "patchcore")), tmp_path, progress=False)
     costs = cost_table(pd.read_csv(tmp_path / "costs.csv"))
     assert list(costs.index) == ["regad", "patchcore"] and (costs["ms_per_image"] > 0).all()
-    assert (costs["peak_mib"] > 0).all() and (costs["process_peak_mib"] > costs["peak_mib"]).all()
+    # >= 0, not > 0: memory glibc kept from earlier tests is reused without growing the RSS (MemoryMonitor)
+    assert (costs["peak_mib"] >= 0).all() and (costs["process_peak_mib"] > costs["peak_mib"]).all()
 
 
 def test_run_costs_measures_only_the_costs(toy_root, tmp_path):
     costs = run_costs(toy_config(toy_root, methods=("padim",)), tmp_path)
     assert costs["method"].tolist() == ["padim"] and costs["category"].tolist() == ["ring"]
     assert costs["shots"].tolist() == [2] and costs["images"].tolist() == [4]
-    assert (costs["ms_per_image"] > 0).all() and (costs["peak_mib"] > 0).all()
+    assert (costs["ms_per_image"] > 0).all() and (costs["peak_mib"] >= 0).all()  # measured (NaN fails), maybe 0
     assert pd.read_csv(tmp_path / "costs.csv").equals(costs) and not (tmp_path / "results.csv").exists()
