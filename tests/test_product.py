@@ -376,11 +376,11 @@ def test_flagged_note_only_when_a_large_run_is_mostly_flagged():
     assert flagged_note(9, 30, record) is None  # 30 %: not more than FLAGGED_NOTE
     note = flagged_note(10, 30, record)
     assert note.startswith("10 of 30 images (33 %) are anomalous") and "5 % false-positive rate" in note
-    assert "K = 4 support images" in note and "refit with --good DIR" in note
+    assert "K = 4 support images" in note and "refitting with --good DIR" in note
     assert flagged_note(FLAG_CHECK_FROM - 1, FLAG_CHECK_FROM - 1, record) is None  # too few images to tell
     with_good = {**record, "threshold": {"target_fpr": None}, "good": {"count": 30}}
     note = flagged_note(20, 20, with_good)
-    assert "what the threshold expects" in note and "refit with more --good images" in note
+    assert "what the threshold expects" in note and "refitting with more --good images" in note
 
 
 def test_predict_notes_a_mostly_flagged_run_in_the_output_and_the_report(product, capsys, monkeypatch):

@@ -15,7 +15,7 @@ def test_padim_views_threshold_flags_a_few_good_parts_not_none(fsad_mini_root, t
     # The first 4 sorted train/good images, padim_views at the product's defaults (224 px, lognormal at 0.05), the
     # whole test split (30 good, 71 defective). With all 22 views setting the spread, the views rotated by 22.5-45
     # degrees (up to 90.6, where held-out good parts scored 41-47) put the threshold at 71.98, above every good test
-    # part (max 59.3): FPR 0, recall 1.4 %. (anomalydino flags 18 of 30 good plates on these 4: 4 consecutive plates
+    # part (max 59.3): FPR 0, recall 1.4 %. (anomalydino flags 19 of 30 good plates on these 4: 4 consecutive plates
     # vary less than the test's; docs/calibration.md, "the first K sorted images".)
     category = fsad_mini_root / "metal_plate"
     support = sorted((category / "train" / "good").glob("*.png"))[:4]

@@ -111,9 +111,10 @@ def flagged_note(anomalous: int, scored: int, record: dict[str, Any]) -> str | N
     target = record["threshold"].get("target_fpr")
     rate = f"the {100 * target:g} % false-positive rate the threshold was set for" if target else "what the threshold expects"
     more = "more --good images" if (record.get("good") or {}).get("count") else "--good DIR"
-    return (f"{anomalous} of {scored} images ({100 * anomalous / scored:.0f} %) are anomalous, far above {rate}. If most of "
-            f"these parts are good, the K = {record['support']['count']} support images vary less than production "
-            f"(K consecutive parts often do): refit with {more} (good images from other batches; docs/calibration.md)")
+    return (f"{anomalous} of {scored} images ({100 * anomalous / scored:.0f} %) are anomalous. On parts that are mostly good "
+            f"that is far above {rate}: the K = {record['support']['count']} support images likely vary less than "
+            f"production (K consecutive parts often do), and refitting with {more} (good images from other batches) sets "
+            "the level (docs/calibration.md). A folder of mostly defective parts (a test set) is expected to show it.")
 
 
 @torch.no_grad()
