@@ -424,9 +424,8 @@ FLOORS = tuple(round(0.05 * i, 2) for i in range(1, 9))  # min_log_spread candid
 
 def lognormal_at_floor(row: dict, floor: float, target_fpr: float = 0.05) -> dict:
     """``lognormal`` (G = 0) with sigma(log R) at least ``floor``, scored on the row's test split (``rates``)."""
-    refs = References(leave_one_out=np.array(row["leave_one_out"]), views=np.array(row["views"]), k=row["k"],
-                      method=row["method"])
-    return rates(row, lognormal_level(refs.normal("views"), target_fpr, floor))
+    refs = References(leave_one_out=np.array(row["leave_one_out"]), views=np.array(row["views"]), k=row["k"])
+    return rates(row, lognormal_level(refs.normal("views"), target_fpr, floor))  # the floor given, not the method's
 
 
 def choose_floor(out: Path) -> None:

@@ -259,12 +259,12 @@ def _views_tail(refs: References, target_fpr: float) -> tuple[float, np.ndarray]
     return exponential_tail(r, target_fpr), r
 
 
-def lognormal_level(reference: np.ndarray, target_fpr: float, min_log_spread: float = MIN_SPREAD) -> float:
+def lognormal_level(reference: np.ndarray, target_fpr: float, floor: float = MIN_SPREAD) -> float:
     """The (1 - target_fpr) quantile of a log-normal model of ``reference`` (median and MAD of the logs, that spread
-    at least ``min_log_spread``); a normal model of the scores themselves where one is <= 0."""
+    at least ``floor``: a method's ``min_log_spread``); a normal model of the scores themselves where one is <= 0."""
     z = NormalDist().inv_cdf(1 - target_fpr)
     if np.all(reference > 0):
-        return float(np.exp(np.median(np.log(reference)) + z * log_spread(reference, min_log_spread)))
+        return float(np.exp(np.median(np.log(reference)) + z * log_spread(reference, floor)))
     return float(np.median(reference)) + z * spread(reference)
 
 
