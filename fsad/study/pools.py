@@ -143,19 +143,18 @@ def training_pool(target: Category, others: Sequence[Category], extra: Sequence[
     """
     own = sorted(others, key=lambda c: c.name)[: train_own]
     target_images = file_digests(s.path for s in (*target.train, *target.test))
-    seen_paths, seen_content = {target.path.resolve()}, {frozenset(file_digests(s.path for s in target.train))}
+    seen = {frozenset(file_digests(s.path for s in target.train))}  # a folder reached twice has the same content
     pool = []
     for category in [*own, *extra]:
         content = frozenset(file_digests(s.path for s in category.train))
-        if category.path.resolve() in seen_paths or content in seen_content:  # the target or a repeat
+        if content in seen:  # the target or a repeat
             continue
         shared = len(content & target_images)
         if shared:
             raise ValueError(f"the training pool of {target.name!r}: {category.name!r} ({category.path}) holds {shared} of "
                              f"the target's images; training must not see them: remove them from that folder, or "
                              f"drop it from train_extra")
-        seen_paths.add(category.path.resolve())
-        seen_content.add(content)
+        seen.add(content)
         pool.append(category)
     if not pool:
         raise ValueError(f"the training pool of {target.name!r} is empty (train_own: {train_own}, train_extra adds "
