@@ -219,6 +219,6 @@ def fit_command(images: Sequence[str], method: str | None, model: str | None, co
               "parts often vary less (ELPV mono, the first 4 sorted cells: 28 of 30 good test cells flagged; with 30 --good "
               "cells: 1 of 30; docs/calibration.md); pass --good DIR with good images from other batches")
     if method not in MIN_LOG_SPREADS:
-        print(f"note: the threshold rules were measured on {' and '.join(MIN_LOG_SPREADS)} only (benchmarks/calibration.py); "
+        print(f"note: the threshold rules were measured on {', '.join(MIN_LOG_SPREADS)} only (benchmarks/calibration.py); "
               f"{method}'s false-positive rate on new good parts is not known: check it on good images you hold back")
     print(f"detector: {Path(out)} ({RECORD_FILE} says what made it); {time.perf_counter() - tic:.1f} s")
